@@ -1,0 +1,1 @@
+"""Activities: the only code in a journey that touches the database, templates or SMTP."""

@@ -1,0 +1,208 @@
+"""The send activity: one call per email, idempotent across retries, crashes and replays.
+
+The message log row, keyed by a deterministic Message-ID per (journey, step), is the lock:
+  queued  -> (checks pass) -> sending -> SMTP accepts -> sent
+          -> (a filter says no)       -> skipped, with the reason
+          -> (template error or SMTP 5xx)              -> failed, not retried
+A retry finds the row and never sends a step that is already sent, skipped or failed.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from typing import Any
+
+import aiosmtplib
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from nudge import queries
+from nudge.journeys import SendEmailInput, SendEmailResult, message_id
+from nudge.mail import SmtpSender, build_message, smtp_code
+from nudge.models import Consent, Contact, Message, MessageStatus, utcnow
+from nudge.render import Renderer, TemplateProblem
+from nudge.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FINAL = (MessageStatus.SENT, MessageStatus.SKIPPED, MessageStatus.FAILED)
+
+
+class EmailActivities:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        sender: SmtpSender,
+        settings: Settings,
+        renderer: Renderer | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.sender = sender
+        self.settings = settings
+        self.renderer = renderer or Renderer()
+
+    @activity.defn(name="send_email")
+    async def send_email(self, job: SendEmailInput) -> SendEmailResult:
+        mid = message_id(job.workflow_id, job.trigger_event_id, job.step, self.settings.from_domain)
+        async with self.sessions.begin() as session:
+            prepared = await self._prepare(session, job, mid)
+        if isinstance(prepared, SendEmailResult):
+            if prepared.reason == "template_error" and prepared.error:
+                # Raised after the commit, so the log keeps the failure.
+                raise ApplicationError(prepared.error, type="TemplateError", non_retryable=True)
+            return prepared
+        # The row is committed as `sending` before SMTP: if we die after the provider accepts
+        # but before the row says `sent`, the retry resends with the same Message-ID.
+        try:
+            await self.sender.send(prepared)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as err:
+            await self._smtp_failed(job, mid, err)
+            raise
+        async with self.sessions.begin() as session:
+            await queries.set_message_status(
+                session, mid, status=MessageStatus.SENT, sent_at=utcnow(), error=None
+            )
+        return SendEmailResult(message_id=mid, status=MessageStatus.SENT)
+
+    async def _prepare(
+        self, session: AsyncSession, job: SendEmailInput, mid: str
+    ) -> SendEmailResult | EmailMessage:
+        """Claim the step's log row and either settle it (already done, skipped, broken
+        template) or return the message to send, with the row marked `sending`."""
+        row = await queries.claim_message(
+            session,
+            {
+                "message_id": mid,
+                "workflow_id": job.workflow_id,
+                "trigger_event_id": job.trigger_event_id,
+                "step": job.step,
+                "flow": job.flow,
+                "contact_id": job.contact_id,
+                "template": job.template,
+                "scheduled_at": activity.info().scheduled_time,
+            },
+        )
+        if row.status in FINAL:
+            return SendEmailResult(message_id=mid, status=row.status, reason=row.reason)
+        contact = await session.get(Contact, job.contact_id)
+        if contact is None:
+            return self._settle(row, MessageStatus.SKIPPED, "contact_missing")
+        reason = await self._skip_reason(session, job, contact)
+        if reason:
+            return self._settle(row, MessageStatus.SKIPPED, reason)
+        context = await self._context(session, job, contact, mid)
+        try:
+            rendered = self.renderer.render(job.template, context)
+        except TemplateProblem as err:
+            return self._settle(row, MessageStatus.FAILED, "template_error", str(err))
+        row.status, row.to_email, row.subject = (
+            MessageStatus.SENDING,
+            contact.email,
+            rendered.subject,
+        )
+        row.attempts += 1
+        return build_message(
+            rendered,
+            from_email=self.settings.from_email,
+            to_email=contact.email,
+            to_name=contact.first_name,
+            message_id=mid,
+            headers={"X-Nudge-Flow": job.flow, "X-Nudge-Step": job.step},
+        )
+
+    async def _smtp_failed(self, job: SendEmailInput, mid: str, err: BaseException) -> None:
+        """Log the failure; a 5xx is final (non-retryable), anything else goes back to queued."""
+        code = smtp_code(err)
+        permanent = code is not None and 500 <= code < 600
+        async with self.sessions.begin() as session:
+            await queries.set_message_status(
+                session,
+                mid,
+                status=MessageStatus.FAILED if permanent else MessageStatus.QUEUED,
+                reason=f"smtp_{code}" if permanent else None,
+                error=f"{type(err).__name__}: {err}"[:2000],
+            )
+        if permanent:
+            raise ApplicationError(
+                f"SMTP rejected {job.step} permanently with {code}",
+                type="SMTPPermanentError",
+                non_retryable=True,
+            ) from err
+
+    async def _skip_reason(
+        self, session: AsyncSession, job: SendEmailInput, contact: Contact
+    ) -> str | None:
+        """Flow filters, re-checked from the database before every message: a signal that never
+        reached the journey must still stop it."""
+        if job.transactional:
+            return None
+        if contact.consent == Consent.UNSUBSCRIBED:
+            return "unsubscribed"
+        if job.flow == "cart_abandonment":
+            if await queries.has_converted(session, contact.id, job.key, job.journey_started_at):
+                return "converted"
+            cart = await queries.get_cart(session, job.key)
+            if cart is None or not cart.lines:
+                return "cart_emptied"
+        return None
+
+    async def _context(
+        self, session: AsyncSession, job: SendEmailInput, contact: Contact, mid: str
+    ) -> dict[str, Any]:
+        settings = self.settings
+        context: dict[str, Any] = {
+            "contact": {
+                "first_name": contact.first_name or "there",
+                "email": contact.email,
+                "timezone": contact.timezone,
+            },
+            "store": {
+                "name": settings.store_name,
+                "address": settings.store_address,
+                "url": settings.public_url,
+            },
+            "message_id": mid,
+            "now": datetime.now(UTC),
+        }
+        cart = await queries.get_cart(session, job.key)
+        if cart is not None:
+            lines = [
+                {
+                    "product_id": line.product_id,
+                    "title": line.title,
+                    "price": line.price,
+                    "quantity": line.quantity,
+                    "image_url": line.image_url,
+                    "url": line.url,
+                }
+                for line in cart.lines
+            ]
+            context["cart"] = {
+                "token": cart.token,
+                "currency": cart.currency,
+                "checkout_url": cart.checkout_url or settings.public_url,
+                "lines": lines,
+                "total": sum((line.price * line.quantity for line in cart.lines), start=0),
+            }
+            alternatives = await queries.alternative_products(
+                session, [line.product_id for line in cart.lines]
+            )
+            context["alternatives"] = [
+                {"title": p.title, "url": p.url, "image_url": p.image_url, "price": p.price}
+                for p in alternatives
+            ]
+        context["offer"] = {
+            "code": settings.cart_discount_code,
+            "percent": settings.cart_discount_percent,
+            "expires_at": datetime.now(UTC) + timedelta(hours=24),
+        }
+        return context
+
+    def _settle(
+        self, row: Message, status: MessageStatus, reason: str, error: str | None = None
+    ) -> SendEmailResult:
+        row.status, row.reason, row.error = status, reason, error
+        return SendEmailResult(message_id=row.message_id, status=status, reason=reason, error=error)

@@ -1,0 +1,1 @@
+"""The HTTP front end: store events in, journeys out."""

@@ -1,0 +1,73 @@
+"""The FastAPI application: `uvicorn api.app:app`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI
+from fastapi.openapi.utils import get_openapi
+from temporalio.client import Client
+
+from api import errors
+from api.deps import require_api_key
+from api.routers import contacts, events
+from nudge import events as ev
+from nudge.db import create_engine, session_maker
+from nudge.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None, temporal: Client | None = None) -> FastAPI:
+    """Build the app; tests pass their own settings and Temporal client."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings.database_url)
+        app.state.sessions = session_maker(engine)
+        if temporal is None:
+            from worker import connect
+
+            app.state.temporal = await connect(settings)
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Nudge",
+        version="0.1.0",
+        summary="E-commerce email flows as Python code, run on Temporal.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.temporal = temporal
+    errors.install(app)
+    app.include_router(events.router, prefix="/v1", dependencies=[Depends(require_api_key)])
+    app.include_router(contacts.router, prefix="/v1", dependencies=[Depends(require_api_key)])
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            # The event body is validated by hand (for precise errors); publish its real schema.
+            event_schema = ev.event_adapter.json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(event_schema.pop("$defs", {}))
+            components["StoreEvent"] = event_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    # `uvicorn api.app:app` builds the app on first access, not at import (tests import freely).
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

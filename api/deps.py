@@ -1,0 +1,52 @@
+"""Dependencies shared by the routers, as `Annotated` aliases."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio.client import Client
+
+from api.errors import Unauthorized
+from nudge.settings import Settings
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _sessions(request: Request) -> async_sessionmaker[AsyncSession]:
+    sessions: async_sessionmaker[AsyncSession] = request.app.state.sessions
+    return sessions
+
+
+async def _session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with _sessions(request)() as session:
+        yield session
+
+
+def _temporal(request: Request) -> Client:
+    client: Client = request.app.state.temporal
+    return client
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+SessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(_sessions)]
+SessionDep = Annotated[AsyncSession, Depends(_session)]
+TemporalClientDep = Annotated[Client, Depends(_temporal)]
+
+_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer $NUDGE_API_KEY`")
+
+
+async def require_api_key(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    given = credentials.credentials if credentials else ""
+    if not secrets.compare_digest(given.encode(), settings.api_key.encode()):
+        raise Unauthorized("missing or wrong API key: send `Authorization: Bearer <NUDGE_API_KEY>`")

@@ -1,0 +1,1 @@
+"""Nudge: e-commerce email flows as Python code, run on Temporal."""

@@ -1,0 +1,237 @@
+"""Database models (SQLAlchemy 2.0, typed). Schema changes go through Alembic migrations."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+Money = Numeric(12, 2, asdecimal=True)
+# SQLite only has 64-bit INTEGER rowids when the column is declared exactly INTEGER.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops the offset otherwise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime, Decimal: Money, dict[str, Any]: JSON}
+
+
+class Consent(enum.StrEnum):
+    SUBSCRIBED = "subscribed"
+    # A customer who gave their address at checkout: soft opt-in, may be sent cart reminders.
+    IMPLIED = "implied"
+    UNSUBSCRIBED = "unsubscribed"
+
+
+class MessageStatus(enum.StrEnum):
+    QUEUED = "queued"
+    # Handed to SMTP but not yet confirmed in the log: the one window in which a crash leaves
+    # us unsure whether the provider accepted it. See README "Delivery guarantees".
+    SENDING = "sending"
+    SENT = "sent"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+class Contact(Base):
+    __tablename__ = "contacts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    first_name: Mapped[str | None] = mapped_column(String(100))
+    last_name: Mapped[str | None] = mapped_column(String(100))
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    consent: Mapped[str] = mapped_column(String(16), default=Consent.IMPLIED)
+    consent_updated_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Product(Base):
+    __tablename__ = "products"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    title: Mapped[str] = mapped_column(String(300))
+    url: Mapped[str | None] = mapped_column(String(2048))
+    image_url: Mapped[str | None] = mapped_column(String(2048))
+    price: Mapped[Decimal | None]
+    currency: Mapped[str | None] = mapped_column(String(3))
+    in_stock: Mapped[bool] = mapped_column(default=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Cart(Base):
+    __tablename__ = "carts"
+
+    token: Mapped[str] = mapped_column(String(128), primary_key=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"), index=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    checkout_url: Mapped[str | None] = mapped_column(String(2048))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    lines: Mapped[list[CartLine]] = relationship(
+        order_by="CartLine.position", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+
+class CartLine(Base):
+    __tablename__ = "cart_lines"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    cart_token: Mapped[str] = mapped_column(ForeignKey("carts.token", ondelete="CASCADE"))
+    position: Mapped[int]
+    product_id: Mapped[str] = mapped_column(String(64))
+    title: Mapped[str] = mapped_column(String(300))
+    price: Mapped[Decimal]
+    quantity: Mapped[int]
+    image_url: Mapped[str | None] = mapped_column(String(2048))
+    url: Mapped[str | None] = mapped_column(String(2048))
+
+    __table_args__ = (UniqueConstraint("cart_token", "position"),)
+
+
+class Order(Base):
+    __tablename__ = "orders"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
+    cart_token: Mapped[str | None] = mapped_column(String(128), index=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    total: Mapped[Decimal]
+    placed_at: Mapped[datetime]
+    status: Mapped[str] = mapped_column(String(16), default="placed")
+    shipped_at: Mapped[datetime | None]
+    tracking_url: Mapped[str | None] = mapped_column(String(2048))
+
+    lines: Mapped[list[OrderLine]] = relationship(
+        order_by="OrderLine.position", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    __table_args__ = (Index(None, "contact_id", "placed_at"),)
+
+
+class OrderLine(Base):
+    __tablename__ = "order_lines"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"))
+    position: Mapped[int]
+    product_id: Mapped[str] = mapped_column(String(64))
+    title: Mapped[str] = mapped_column(String(300))
+    price: Mapped[Decimal]
+    quantity: Mapped[int]
+
+    __table_args__ = (UniqueConstraint("order_id", "position"),)
+
+
+class StoreEvent(Base):
+    """Every store event as received; the primary key makes re-posting an event a no-op."""
+
+    __tablename__ = "events"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    type: Mapped[str] = mapped_column(String(64))
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
+    occurred_at: Mapped[datetime]
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set once the event has been routed to Temporal; a retry of an event whose routing was cut
+    # short (API crash) routes it again instead of dropping it.
+    routed_at: Mapped[datetime | None]
+    payload: Mapped[dict[str, Any]]
+
+    __table_args__ = (Index(None, "contact_id", "occurred_at"),)
+
+
+class Journey(Base):
+    """One row per journey started: lets goal events find a contact's journeys without
+    depending on Temporal's eventually consistent visibility store."""
+
+    __tablename__ = "journeys"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    workflow_id: Mapped[str] = mapped_column(String(255))
+    run_id: Mapped[str] = mapped_column(String(64))
+    flow: Mapped[str] = mapped_column(String(64))
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"), index=True)
+    trigger_event_id: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set once Temporal reports the run closed; goal events only signal open journeys.
+    closed_at: Mapped[datetime | None]
+
+    __table_args__ = (UniqueConstraint("workflow_id", "run_id"),)
+
+
+class Message(Base):
+    """The message log: one row per (journey, step). `message_id` is deterministic, so a retried
+    or replayed send finds its row instead of creating a second email."""
+
+    __tablename__ = "messages"
+
+    message_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(String(255))
+    trigger_event_id: Mapped[str] = mapped_column(String(128))
+    step: Mapped[str] = mapped_column(String(64))
+    flow: Mapped[str] = mapped_column(String(64))
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"), index=True)
+    template: Mapped[str] = mapped_column(String(64))
+    to_email: Mapped[str | None] = mapped_column(String(320))
+    subject: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=MessageStatus.QUEUED)
+    reason: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(default=0)
+    # Server time at which the workflow scheduled the send (skipped time in tests).
+    scheduled_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+
+    __table_args__ = (UniqueConstraint("workflow_id", "trigger_event_id", "step"),)

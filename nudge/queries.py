@@ -1,0 +1,329 @@
+"""Every SQL statement Nudge runs, in one place, written once for SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, exists, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from nudge import events as ev
+from nudge.models import (
+    Cart,
+    CartLine,
+    Consent,
+    Contact,
+    Journey,
+    Message,
+    Order,
+    OrderLine,
+    Product,
+    StoreEvent,
+    utcnow,
+)
+
+
+def _rowcount(result: Any) -> int:
+    # DML results are CursorResults; the generic Result type does not declare rowcount.
+    return int(result.rowcount)
+
+
+def _insert(session: AsyncSession, model: type[Any]) -> Any:
+    """INSERT with ON CONFLICT support for the session's dialect."""
+    name = session.get_bind().dialect.name
+    return (sqlite.insert if name == "sqlite" else postgresql.insert)(model)
+
+
+# ---- store events --------------------------------------------------------------------------
+
+
+async def upsert_contact(session: AsyncSession, contact: ev.ContactIn) -> int:
+    stmt = _insert(session, Contact).values(
+        email=contact.email.lower(),
+        first_name=contact.first_name,
+        last_name=contact.last_name,
+        timezone=contact.timezone,
+        consent=Consent.IMPLIED,
+        created_at=utcnow(),
+        updated_at=utcnow(),
+    )
+    # Only fields the event actually carries overwrite what we know.
+    fields = contact.model_dump(exclude_unset=True, exclude={"email"})
+    changes = {name: stmt.excluded[name] for name in fields} | {
+        "updated_at": stmt.excluded.updated_at
+    }
+    stmt = stmt.on_conflict_do_update(index_elements=["email"], set_=changes).returning(Contact.id)
+    return int((await session.execute(stmt)).scalar_one())
+
+
+async def event_status(session: AsyncSession, event_id: str) -> StoreEvent | None:
+    return await session.get(StoreEvent, event_id)
+
+
+async def record_event(
+    session: AsyncSession, event: ev.StoreEventIn, contact_id: int, payload: dict[str, Any]
+) -> bool:
+    """Store the raw event; False if an event with this id is already stored."""
+    stmt = (
+        _insert(session, StoreEvent)
+        .values(
+            id=event.id,
+            type=event.type,
+            contact_id=contact_id,
+            occurred_at=event.occurred_at,
+            received_at=utcnow(),
+            payload=payload,
+        )
+        .on_conflict_do_nothing(index_elements=["id"])
+    )
+    return _rowcount(await session.execute(stmt)) > 0
+
+
+async def mark_routed(session: AsyncSession, event_id: str) -> None:
+    await session.execute(
+        update(StoreEvent).where(StoreEvent.id == event_id).values(routed_at=utcnow())
+    )
+
+
+async def apply_event(session: AsyncSession, event: ev.StoreEventIn, contact_id: int) -> None:
+    """Fold an event into contacts, products, carts and orders (idempotent)."""
+    match event:
+        case ev.CartUpdated(cart=cart) | ev.CheckoutStarted(cart=cart):
+            await _upsert_cart(session, cart, contact_id, event.occurred_at)
+        case ev.OrderPlaced(order=order):
+            await _insert_order(session, order, contact_id, event.occurred_at)
+        case ev.OrderShipped(order=shipment):
+            await session.execute(
+                update(Order)
+                .where(Order.id == shipment.id, Order.contact_id == contact_id)
+                .values(
+                    status="shipped",
+                    shipped_at=event.occurred_at,
+                    tracking_url=shipment.tracking_url,
+                )
+            )
+        case ev.OrderRefunded(order=refund):
+            await session.execute(
+                update(Order)
+                .where(Order.id == refund.id, Order.contact_id == contact_id)
+                .values(status="refunded")
+            )
+        case ev.ProductViewed(product=product):
+            await _upsert_products(session, [product.model_dump()], with_stock=True)
+        case ev.CustomerSubscribed():
+            await _set_consent(session, contact_id, Consent.SUBSCRIBED, event.occurred_at)
+        case ev.CustomerUnsubscribed():
+            await _set_consent(session, contact_id, Consent.UNSUBSCRIBED, event.occurred_at)
+
+
+async def _set_consent(
+    session: AsyncSession, contact_id: int, consent: Consent, at: datetime
+) -> None:
+    await session.execute(
+        update(Contact)
+        .where(Contact.id == contact_id)
+        .where(or_(Contact.consent_updated_at.is_(None), Contact.consent_updated_at <= at))
+        .values(consent=consent, consent_updated_at=at)
+    )
+
+
+async def _upsert_products(
+    session: AsyncSession, products: Sequence[dict[str, Any]], *, with_stock: bool = False
+) -> None:
+    """Learn the catalogue from events. A field an event leaves out (a cart line has no stock
+    level, often no picture) keeps what an earlier event told us."""
+    columns = ["title", "url", "image_url", "price", "currency"] + (
+        ["in_stock"] if with_stock else []
+    )
+    rows = [
+        {"id": p["id"], **{c: p.get(c) for c in columns}, "updated_at": utcnow()} for p in products
+    ]
+    if not rows:
+        return
+    stmt = _insert(session, Product).values(rows)
+    changes = {c: func.coalesce(stmt.excluded[c], getattr(Product, c)) for c in columns}
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["id"], set_=changes | {"updated_at": stmt.excluded.updated_at}
+    )
+    await session.execute(stmt)
+
+
+async def _upsert_cart(
+    session: AsyncSession, cart: ev.CartIn, contact_id: int, occurred_at: datetime
+) -> None:
+    stmt = _insert(session, Cart).values(
+        token=cart.token,
+        contact_id=contact_id,
+        currency=cart.currency,
+        checkout_url=cart.checkout_url,
+        updated_at=occurred_at,
+    )
+    # Events can arrive out of order: an older snapshot of the cart never replaces a newer one.
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["token"],
+        set_={
+            "contact_id": stmt.excluded.contact_id,
+            "currency": stmt.excluded.currency,
+            "checkout_url": stmt.excluded.checkout_url,
+            "updated_at": stmt.excluded.updated_at,
+        },
+        where=Cart.updated_at <= stmt.excluded.updated_at,
+    )
+    if not _rowcount(await session.execute(stmt)):
+        return
+    await session.execute(delete(CartLine).where(CartLine.cart_token == cart.token))
+    if cart.lines:
+        await session.execute(
+            _insert(session, CartLine).values(
+                [
+                    {"cart_token": cart.token, "position": i, **line.model_dump()}
+                    for i, line in enumerate(cart.lines)
+                ]
+            )
+        )
+        await _upsert_products(
+            session,
+            [
+                {
+                    "id": line.product_id,
+                    "currency": cart.currency,
+                    **line.model_dump(exclude={"product_id", "quantity"}),
+                }
+                for line in cart.lines
+            ],
+        )
+
+
+async def _insert_order(
+    session: AsyncSession, order: ev.OrderIn, contact_id: int, placed_at: datetime
+) -> None:
+    stmt = (
+        _insert(session, Order)
+        .values(
+            id=order.id,
+            contact_id=contact_id,
+            cart_token=order.cart_token,
+            currency=order.currency,
+            total=order.total,
+            placed_at=placed_at,
+            status="placed",
+        )
+        .on_conflict_do_nothing(index_elements=["id"])
+    )
+    if _rowcount(await session.execute(stmt)) and order.lines:
+        await session.execute(
+            _insert(session, OrderLine).values(
+                [
+                    {"order_id": order.id, "position": i, **line.model_dump()}
+                    for i, line in enumerate(order.lines)
+                ]
+            )
+        )
+
+
+# ---- journeys ------------------------------------------------------------------------------
+
+
+async def record_journey(
+    session: AsyncSession,
+    *,
+    workflow_id: str,
+    run_id: str,
+    flow: str,
+    contact_id: int,
+    event_id: str,
+) -> None:
+    stmt = (
+        _insert(session, Journey)
+        .values(
+            workflow_id=workflow_id,
+            run_id=run_id,
+            flow=flow,
+            contact_id=contact_id,
+            trigger_event_id=event_id,
+            started_at=utcnow(),
+        )
+        .on_conflict_do_nothing(index_elements=["workflow_id", "run_id"])
+    )
+    await session.execute(stmt)
+
+
+async def open_journeys(
+    session: AsyncSession, contact_id: int, flows: Sequence[str]
+) -> list[Journey]:
+    result = await session.scalars(
+        select(Journey).where(
+            Journey.contact_id == contact_id, Journey.flow.in_(flows), Journey.closed_at.is_(None)
+        )
+    )
+    return list(result)
+
+
+async def close_journey(session: AsyncSession, journey_id: int) -> None:
+    await session.execute(
+        update(Journey).where(Journey.id == journey_id).values(closed_at=utcnow())
+    )
+
+
+async def contact_by_email(session: AsyncSession, email: str) -> Contact | None:
+    return await session.scalar(select(Contact).where(Contact.email == email.lower()))
+
+
+async def journeys_of(session: AsyncSession, contact_id: int, limit: int = 50) -> list[Journey]:
+    result = await session.scalars(
+        select(Journey)
+        .where(Journey.contact_id == contact_id)
+        .order_by(Journey.started_at.desc(), Journey.id.desc())
+        .limit(limit)
+    )
+    return list(result)
+
+
+# ---- sending -------------------------------------------------------------------------------
+
+
+async def claim_message(session: AsyncSession, values: dict[str, Any]) -> Message:
+    """The log row of one (journey, step), created queued on first sight; locked on PostgreSQL
+    so that two concurrent attempts of the same step cannot both send."""
+    await session.execute(
+        _insert(session, Message).values(created_at=utcnow(), **values).on_conflict_do_nothing()
+    )
+    stmt = select(Message).where(Message.message_id == values["message_id"]).with_for_update()
+    return (await session.scalars(stmt.execution_options(populate_existing=True))).one()
+
+
+async def has_converted(
+    session: AsyncSession, contact_id: int, cart_token: str | None, since: datetime
+) -> bool:
+    """An order for this cart, or any order by the contact since the journey started."""
+    condition = and_(Order.contact_id == contact_id, Order.placed_at >= since)
+    if cart_token:
+        condition = or_(condition, Order.cart_token == cart_token)
+    return bool(await session.scalar(select(exists().where(condition))))
+
+
+async def alternative_products(
+    session: AsyncSession, exclude: Sequence[str], limit: int = 3
+) -> list[Product]:
+    result = await session.scalars(
+        select(Product)
+        .where(
+            Product.in_stock.is_(True),
+            Product.image_url.is_not(None),
+            Product.id.not_in(exclude),
+        )
+        .order_by(Product.updated_at.desc(), Product.id)
+        .limit(limit)
+    )
+    return list(result)
+
+
+async def set_message_status(session: AsyncSession, message_id: str, **values: Any) -> None:
+    await session.execute(update(Message).where(Message.message_id == message_id).values(**values))
+
+
+async def get_cart(session: AsyncSession, token: str) -> Cart | None:
+    return await session.get(Cart, token)

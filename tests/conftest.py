@@ -1,0 +1,138 @@
+"""Real parts for every test: Temporal (time-skipping or dev server), SQLite and PostgreSQL,
+an SMTP server on loopback. PostgreSQL tests run where `NUDGE_TEST_POSTGRES_URL` is set, and
+always in CI (`CI=true`), where PostgreSQL listens on 127.0.0.1:5432."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+import pytest_asyncio
+from sqlalchemy.engine import make_url
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from activities.email import EmailActivities
+from api.app import create_app
+from nudge.db import create_engine, migrate_async, session_maker
+from nudge.mail import SmtpSender
+from nudge.mailcatcher import MailCatcher
+from nudge.settings import Settings
+from nudge.temporal_dev import SEARCH_ATTRIBUTES, temporal_binary
+from support import Stack
+from worker import build_worker
+
+CI_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+
+
+def _test_server() -> str:
+    path = shutil.which("temporal-test-server") or str(
+        Path(temporal_binary()).with_name("temporal-test-server")
+    )
+    if not Path(path).exists():
+        raise RuntimeError("temporal-test-server not found: install the dev extras (make venv)")
+    return path
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def time_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=_test_server())
+    # The test server knows no custom search attributes until told, unlike our dev server.
+    await env.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=env.client.namespace,
+            search_attributes={
+                name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for name in SEARCH_ATTRIBUTES
+            },
+        )
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def temporal(time_env: WorkflowEnvironment) -> Client:
+    """The time-skipping client with the same (pydantic) data converter the product uses."""
+    return Client(**(time_env.client.config() | {"data_converter": pydantic_data_converter}))
+
+
+@pytest.fixture(scope="session")
+def mailcatcher() -> Iterator[MailCatcher]:
+    with MailCatcher(port=0) as catcher:
+        yield catcher
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'nudge.db'}"
+    await migrate_async(url)
+    return url
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def postgres_url() -> AsyncIterator[str]:
+    base = os.environ.get("NUDGE_TEST_POSTGRES_URL") or (
+        CI_POSTGRES_URL if os.environ.get("CI") else None
+    )
+    if not base:
+        pytest.skip("PostgreSQL tests need NUDGE_TEST_POSTGRES_URL (always run in CI)")
+    # A fresh database per run, so the migrations are exercised from nothing every time.
+    url = make_url(base)
+    name = f"nudge_test_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(
+        host=url.host, port=url.port or 5432, user=url.username, password=url.password,
+        database=url.database,
+    )
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        test_url = url.set(database=name).render_as_string(hide_password=False)
+        await migrate_async(test_url)
+        yield test_url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+def make_settings(db_url: str, mail: MailCatcher, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "database_url": db_url,
+        "smtp_host": "127.0.0.1",
+        "smtp_port": mail.port,
+        "task_queue": f"test-{uuid.uuid4().hex[:8]}",
+        "api_key": "test-key",
+        "from_email": "Nudge Test Store <store@shop.example>",
+    }
+    return Settings(**(values | overrides))  # type: ignore[arg-type]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def stack(
+    time_env: WorkflowEnvironment, temporal: Client, db_url: str, mailcatcher: MailCatcher
+) -> AsyncIterator[Stack]:
+    """API + worker on the time-skipping server: flows run days in milliseconds."""
+    settings = make_settings(db_url, mailcatcher)
+    engine = create_engine(settings.database_url)
+    sessions = session_maker(engine)
+    email = EmailActivities(sessions, SmtpSender(settings.smtp_host, settings.smtp_port), settings)
+    app = create_app(settings, temporal)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://nudge") as http,
+        build_worker(temporal, settings, email),
+    ):
+        yield Stack(settings, temporal, http, sessions, mailcatcher, time_env)
+    await engine.dispose()

@@ -1,0 +1,118 @@
+"""Builders for store events and a handle on the running stack, shared by the tests."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from nudge.journeys import JourneyState
+from nudge.mailcatcher import CaughtMessage, MailCatcher
+from nudge.models import Message
+from nudge.settings import Settings
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+def new_email() -> str:
+    return f"ana.{uuid.uuid4().hex[:10]}@example.com"
+
+
+def cart_event(
+    email: str,
+    token: str,
+    *,
+    event_id: str | None = None,
+    lines: list[dict[str, Any]] | None = None,
+    occurred_at: str = "2026-11-23T10:00:00Z",
+    type: str = "cart_updated",
+) -> dict[str, Any]:
+    if lines is None:
+        lines = [
+            {
+                "product_id": "p1",
+                "title": "Linen shirt",
+                "price": "49.00",
+                "quantity": 1,
+                "image_url": "https://shop.example/img/p1.jpg",
+                "url": "https://shop.example/p/p1",
+            }
+        ]
+    return {
+        "id": event_id or new_id("evt"),
+        "type": type,
+        "occurred_at": occurred_at,
+        "contact": {"email": email, "first_name": "Ana", "timezone": "Europe/Lisbon"},
+        "cart": {
+            "token": token,
+            "currency": "EUR",
+            "checkout_url": f"https://shop.example/checkout/{token}",
+            "lines": lines,
+        },
+    }
+
+
+def order_event(
+    email: str,
+    order_id: str,
+    *,
+    cart_token: str | None = None,
+    event_id: str | None = None,
+    occurred_at: str = "2026-11-23T11:00:00Z",
+) -> dict[str, Any]:
+    return {
+        "id": event_id or new_id("evt"),
+        "type": "order_placed",
+        "occurred_at": occurred_at,
+        "contact": {"email": email},
+        "order": {
+            "id": order_id,
+            "cart_token": cart_token,
+            "currency": "EUR",
+            "total": "49.00",
+            "lines": [
+                {"product_id": "p1", "title": "Linen shirt", "price": "49.00", "quantity": 1}
+            ],
+        },
+    }
+
+
+@dataclass
+class Stack:
+    """The API (in process), a real worker, Temporal, the database and an SMTP server."""
+
+    settings: Settings
+    temporal: Client
+    http: httpx.AsyncClient
+    sessions: async_sessionmaker[AsyncSession]
+    mail: MailCatcher
+    env: WorkflowEnvironment
+
+    async def finish(self, workflow_id: str) -> JourneyState:
+        """The journey's final state, skipping time while it runs (the API started it, so its
+        handle is not one of the test server's auto-skipping ones)."""
+        handle = self.temporal.get_workflow_handle(workflow_id, result_type=JourneyState)
+        async with self.env.time_skipping_unlocked():  # type: ignore[attr-defined]
+            return await handle.result()
+
+    async def post(self, body: Any, *, key: str | None = None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {key if key is not None else self.settings.api_key}"}
+        return await self.http.post("/v1/events", json=body, headers=headers)
+
+    async def messages(self, workflow_id: str) -> list[Message]:
+        async with self.sessions() as session:
+            rows = await session.scalars(
+                select(Message).where(Message.workflow_id == workflow_id).order_by(Message.created_at)
+            )
+            return list(rows)
+
+    def mail_to(self, email: str) -> list[CaughtMessage]:
+        return [m for m in self.mail.messages if email in m.rcpt_tos]

@@ -1,0 +1,152 @@
+"""The cart abandonment flow on the time-skipping server, through the real API, worker,
+database and SMTP server: days of journey in well under a second each."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio.testing import WorkflowEnvironment
+
+from nudge.journeys import JourneyState, JourneyStatus
+from support import Stack, cart_event, new_email, new_id, order_event
+
+
+async def start_cart(stack: Stack, email: str, token: str) -> str:
+    response = await stack.post(cart_event(email, token))
+    assert response.status_code == 202, response.text
+    [result] = response.json()["results"]
+    [workflow_id] = result["journeys"]
+    return str(workflow_id)
+
+
+async def finish(stack: Stack, workflow_id: str) -> JourneyState:
+    return await stack.finish(workflow_id)
+
+
+async def test_abandoned_cart_gets_three_emails_at_their_offsets(stack: Stack) -> None:
+    email, token = new_email(), new_id("cart")
+    wid = await start_cart(stack, email, token)
+
+    state = await finish(stack, wid)
+
+    assert state.status == JourneyStatus.COMPLETED
+    assert [e.step for e in state.emails] == ["cart_1", "cart_2", "cart_3"]
+    assert all(e.status == "sent" for e in state.emails)
+    assert state.started_at is not None
+    offsets = [e.at - state.started_at for e in state.emails]
+    # 2 hours, then the next day, then 24 hours later (activity time is a few seconds at most).
+    for offset, expected in zip(offsets, (2, 26, 50), strict=True):
+        assert timedelta(hours=expected) <= offset < timedelta(hours=expected, minutes=1)
+
+    caught = stack.mail_to(email)
+    assert [m.message["X-Nudge-Step"] for m in caught] == ["cart_1", "cart_2", "cart_3"]
+    assert {m.message_id for m in caught} == {e.message_id for e in state.emails}
+    first = caught[0]
+    assert first.html is not None and first.text is not None
+    assert "Linen shirt" in first.html and "€49.00" in first.html
+    assert 'src="https://shop.example/img/p1.jpg"' in first.html
+    assert f"https://shop.example/checkout/{token}" in first.text
+    assert "COMEBACK10" in (caught[2].text or "")
+
+    rows = await stack.messages(wid)
+    assert [(r.step, r.status, r.attempts) for r in rows] == [
+        ("cart_1", "sent", 1),
+        ("cart_2", "sent", 1),
+        ("cart_3", "sent", 1),
+    ]
+
+
+async def test_order_after_first_email_converts_and_stops(
+    stack: Stack, time_env: WorkflowEnvironment
+) -> None:
+    email, token = new_email(), new_id("cart")
+    wid = await start_cart(stack, email, token)
+    await time_env.sleep(timedelta(hours=3))
+    assert len(stack.mail_to(email)) == 1
+
+    response = await stack.post(order_event(email, new_id("order"), cart_token=token))
+    assert response.status_code == 202
+    assert response.json()["results"][0]["journeys"] == [wid]
+
+    state = await finish(stack, wid)
+    assert state.status == JourneyStatus.CONVERTED
+    assert state.exit_reason == "order_placed"
+    assert [e.step for e in state.emails] == ["cart_1"]
+    await time_env.sleep(timedelta(days=3))
+    assert len(stack.mail_to(email)) == 1
+    assert [r.step for r in await stack.messages(wid)] == ["cart_1"]
+
+
+async def test_order_that_never_reached_the_journey_still_stops_it(stack: Stack) -> None:
+    """The send re-checks the database: an order whose signal was lost still ends the journey."""
+    email, token = new_email(), new_id("cart")
+    wid = await start_cart(stack, email, token)
+    order = order_event(email, new_id("order"), cart_token=token)
+    # Stored and applied, but never routed to Temporal (as if the API died before signalling).
+    from nudge import events as ev
+    from nudge import queries
+
+    parsed = ev.event_adapter.validate_python(order)
+    async with stack.sessions.begin() as session:
+        contact_id = await queries.upsert_contact(session, parsed.contact)
+        await queries.record_event(session, parsed, contact_id, order)
+        await queries.apply_event(session, parsed, contact_id)
+
+    state = await finish(stack, wid)
+    assert state.status == JourneyStatus.CONVERTED
+    assert state.exit_reason == "converted"
+    assert stack.mail_to(email) == []
+    [row] = await stack.messages(wid)
+    assert (row.step, row.status, row.reason) == ("cart_1", "skipped", "converted")
+
+
+async def test_cart_update_restarts_the_clock_in_one_journey(
+    stack: Stack, time_env: WorkflowEnvironment
+) -> None:
+    email, token = new_email(), new_id("cart")
+    wid = await start_cart(stack, email, token)
+    await time_env.sleep(timedelta(hours=1, minutes=30))
+    assert await start_cart(stack, email, token) == wid
+
+    state = await finish(stack, wid)
+    assert state.started_at is not None
+    first = state.emails[0].at - state.started_at
+    assert timedelta(hours=3, minutes=30) <= first < timedelta(hours=3, minutes=31)
+    assert [e.step for e in state.emails] == ["cart_1", "cart_2", "cart_3"]
+    response = await stack.http.get(
+        f"/v1/contacts/{email}/journeys", headers={"Authorization": "Bearer test-key"}
+    )
+    journeys = response.json()["journeys"]
+    assert [(j["workflow_id"], j["flow"]) for j in journeys] == [(wid, "cart_abandonment")]
+    assert (journeys[0]["status"], journeys[0]["step"]) == ("completed", "cart_3")
+
+
+async def test_emptied_cart_ends_the_journey(stack: Stack) -> None:
+    email, token = new_email(), new_id("cart")
+    wid = await start_cart(stack, email, token)
+    response = await stack.post(cart_event(email, token, lines=[]))
+    assert response.json()["results"][0]["journeys"] == [wid]
+    state = await finish(stack, wid)
+    assert (state.status, state.exit_reason, state.emails) == (JourneyStatus.EXITED, "cart_emptied", [])
+
+
+async def test_transient_smtp_failure_is_retried_into_exactly_one_email(stack: Stack) -> None:
+    email, token = new_email(), new_id("cart")
+    stack.mail.fail_next(1, code=451)
+    wid = await start_cart(stack, email, token)
+    state = await finish(stack, wid)
+    assert [e.status for e in state.emails] == ["sent", "sent", "sent"]
+    assert len(stack.mail_to(email)) == 3
+    rows = await stack.messages(wid)
+    assert [(r.step, r.attempts) for r in rows] == [("cart_1", 2), ("cart_2", 1), ("cart_3", 1)]
+
+
+async def test_permanent_smtp_rejection_is_logged_failed_and_not_retried(stack: Stack) -> None:
+    email, token = new_email(), new_id("cart")
+    stack.mail.fail_next(1, code=550, text="No such user")
+    wid = await start_cart(stack, email, token)
+    state = await finish(stack, wid)
+    assert [e.status for e in state.emails] == ["failed", "sent", "sent"]
+    rows = await stack.messages(wid)
+    assert (rows[0].status, rows[0].reason, rows[0].attempts) == ("failed", "smtp_550", 1)
+    assert len(stack.mail_to(email)) == 2

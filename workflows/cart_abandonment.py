@@ -1,0 +1,61 @@
+"""Cart abandonment: three emails that bring an abandoned cart back.
+
+1. About 2 hours after the cart was last touched: "your order didn't go through" - the item
+   with its picture and a button to complete the order.            -> `cart_1`
+2. The next day: the item again, why it is worth having, an offer to answer questions.  -> `cart_2`
+3. 24 hours later: an incentive - a discount code with a deadline - and alternatives.   -> `cart_3`
+
+A new `cart_updated` (or `checkout_started`) for the same cart restarts the clock of the current
+wait instead of starting a second journey; emptying the cart ends it. An `order_placed` for the
+contact ends it at once as `converted`, and every send re-checks the database, so no email goes
+out after an order even if the signal was lost.
+"""
+
+from __future__ import annotations
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from nudge.events import StoreEventIn, cart_of
+    from nudge.journeys import JourneyEvent, JourneyInput, JourneyState, JourneyStatus
+
+from workflows.journey import Journey
+
+
+@workflow.defn(name="cart_abandonment")
+class CartAbandonment(Journey):
+    flow = "cart_abandonment"
+    triggers = ("cart_updated", "checkout_started")
+    restart_on = ("cart_updated", "checkout_started")
+    exit_goals = {
+        "order_placed": JourneyStatus.CONVERTED,
+        "customer_unsubscribed": JourneyStatus.EXITED,
+    }
+
+    @workflow.run
+    async def run(self, journey: JourneyInput) -> JourneyState:
+        return await self.play(journey, self.story)
+
+    async def story(self) -> None:
+        await self.wait(hours=2)
+        await self.send("cart_1")
+        await self.wait(days=1)
+        await self.send("cart_2")
+        await self.wait(hours=24)
+        await self.send("cart_3")
+
+    def on_event(self, event: JourneyEvent) -> None:
+        if event.type in self.triggers and event.line_count == 0:
+            self.exit(JourneyStatus.EXITED, "cart_emptied")
+        else:
+            super().on_event(event)
+
+    @classmethod
+    def journey_key(cls, event: StoreEventIn) -> str | None:
+        cart = cart_of(event)
+        return cart.token if cart else None
+
+    @classmethod
+    def should_start(cls, event: StoreEventIn) -> bool:
+        cart = cart_of(event)
+        return bool(cart and cart.lines)
