@@ -61,7 +61,9 @@ def _url(value: str) -> str:
     return value
 
 
-Url = Annotated[str, Field(max_length=2048, json_schema_extra={"format": "uri"}), AfterValidator(_url)]
+Url = Annotated[
+    str, Field(max_length=2048, json_schema_extra={"format": "uri"}), AfterValidator(_url)
+]
 # Tokens and ids are part of Temporal workflow ids, so keep them to a safe alphabet.
 Token = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")]
 Name = Annotated[str, Field(max_length=100), AfterValidator(_one_line)]

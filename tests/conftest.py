@@ -89,7 +89,10 @@ async def postgres_url() -> AsyncIterator[str]:
     url = make_url(base)
     name = f"nudge_test_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(
-        host=url.host, port=url.port or 5432, user=url.username, password=url.password,
+        host=url.host,
+        port=url.port or 5432,
+        user=url.username,
+        password=url.password,
         database=url.database,
     )
     try:

@@ -101,7 +101,8 @@ class Stack:
         handle is not one of the test server's auto-skipping ones)."""
         handle = self.temporal.get_workflow_handle(workflow_id, result_type=JourneyState)
         async with self.env.time_skipping_unlocked():  # type: ignore[attr-defined]
-            return await handle.result()
+            state: JourneyState = await handle.result()
+        return state
 
     async def post(self, body: Any, *, key: str | None = None) -> httpx.Response:
         headers = {"Authorization": f"Bearer {key if key is not None else self.settings.api_key}"}
@@ -110,7 +111,9 @@ class Stack:
     async def messages(self, workflow_id: str) -> list[Message]:
         async with self.sessions() as session:
             rows = await session.scalars(
-                select(Message).where(Message.workflow_id == workflow_id).order_by(Message.created_at)
+                select(Message)
+                .where(Message.workflow_id == workflow_id)
+                .order_by(Message.created_at)
             )
             return list(rows)
 

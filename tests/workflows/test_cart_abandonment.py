@@ -127,7 +127,11 @@ async def test_emptied_cart_ends_the_journey(stack: Stack) -> None:
     response = await stack.post(cart_event(email, token, lines=[]))
     assert response.json()["results"][0]["journeys"] == [wid]
     state = await finish(stack, wid)
-    assert (state.status, state.exit_reason, state.emails) == (JourneyStatus.EXITED, "cart_emptied", [])
+    assert (state.status, state.exit_reason, state.emails) == (
+        JourneyStatus.EXITED,
+        "cart_emptied",
+        [],
+    )
 
 
 async def test_transient_smtp_failure_is_retried_into_exactly_one_email(stack: Stack) -> None:

@@ -1,0 +1,39 @@
+# Nudge: two commands do everything on a fresh machine with Python 3.11+.
+#   make run   - the whole stack on embedded defaults (Temporal dev server + UI, worker, API,
+#                mail catcher, SQLite); Ctrl-C stops it all
+#   make test  - lint, types and the whole test suite on real parts
+
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	&& command -v $$p && break; done)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv run test lint format clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "Nudge needs Python 3.11 or newer (python3.11+ on PATH)"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+run: venv
+	$(BIN)/python -m nudge.devstack
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+
+test: lint
+	$(BIN)/pytest
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
