@@ -11,6 +11,7 @@ import signal
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
@@ -43,8 +44,7 @@ def build_worker(
     )
 
 
-def email_activities(settings: Settings) -> EmailActivities:
-    engine = create_engine(settings.database_url)
+def email_activities(settings: Settings, engine: AsyncEngine) -> EmailActivities:
     sender = SmtpSender(settings.smtp_host, settings.smtp_port, settings.smtp_timeout)
     return EmailActivities(session_maker(engine), sender, settings)
 
@@ -63,7 +63,8 @@ async def main() -> None:
     )
     settings = get_settings()
     client = await connect(settings)
-    email = email_activities(settings)
+    engine = create_engine(settings.database_url)
+    email = email_activities(settings, engine)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -73,7 +74,7 @@ async def main() -> None:
             "worker polling task queue %r at %s", settings.task_queue, settings.temporal_address
         )
         await stop.wait()
-    await email.sessions.kw["bind"].dispose()
+    await engine.dispose()
 
 
 if __name__ == "__main__":

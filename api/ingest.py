@@ -40,15 +40,13 @@ class IngestResult(BaseModel):
 
 def journey_event(event: ev.StoreEventIn) -> JourneyEvent:
     cart = ev.cart_of(event)
-    order_id = event.order.id if isinstance(event, ev.OrderPlaced | ev.OrderShipped) else None
+    order = event.order if isinstance(event, ev.OrderPlaced) else None
     return JourneyEvent(
         id=event.id,
         type=event.type,
         occurred_at=event.occurred_at,
-        cart_token=cart.token
-        if cart
-        else getattr(getattr(event, "order", None), "cart_token", None),
-        order_id=order_id,
+        cart_token=cart.token if cart else order.cart_token if order else None,
+        order_id=order.id if order else None,
         line_count=len(cart.lines) if cart else None,
     )
 
@@ -91,7 +89,7 @@ class Ingestor:
                     continue
                 wid = workflow_id(flow.flow, contact_id, key)
                 if flow.should_start(event):
-                    await self._start(flow.flow, flow.run, wid, contact_id, key, event.id, signal)  # type: ignore[attr-defined]
+                    await self._start(flow.flow, wid, contact_id, key, event.id, signal)
                     touched.append(wid)
                 elif await self._signal(wid, None, signal):
                     touched.append(wid)
@@ -109,15 +107,15 @@ class Ingestor:
     async def _start(
         self,
         flow: str,
-        run: Any,
         wid: str,
         contact_id: int,
         key: str,
         event_id: str,
         signal: JourneyEvent,
     ) -> None:
+        # Flows are registered under their `flow` name (checked by the tests).
         handle = await self.client.start_workflow(
-            run,
+            flow,
             JourneyInput(
                 flow=flow,
                 contact_id=contact_id,
