@@ -54,6 +54,7 @@ class EmailActivities:
                 # Raised after the commit, so the log keeps the failure.
                 raise ApplicationError(prepared.error, type="TemplateError", non_retryable=True)
             return prepared
+        mid = str(prepared["Message-ID"]).strip("<>")  # the row's, which may predate `mid`
         # The row is committed as `sending` before SMTP: if we die after the provider accepts
         # but before the row says `sent`, the retry resends with the same Message-ID.
         try:
@@ -86,14 +87,14 @@ class EmailActivities:
             },
         )
         if row.status in FINAL:
-            return SendEmailResult(message_id=mid, status=row.status, reason=row.reason)
+            return SendEmailResult(message_id=row.message_id, status=row.status, reason=row.reason)
         contact = await session.get(Contact, job.contact_id)
         if contact is None:
             return self._settle(row, MessageStatus.SKIPPED, "contact_missing")
         reason = await self._skip_reason(session, job, contact)
         if reason:
             return self._settle(row, MessageStatus.SKIPPED, reason)
-        context = await self._context(session, job, contact, mid)
+        context = await self._context(session, job, contact, row.message_id)
         try:
             rendered = self.renderer.render(job.template, context)
         except TemplateProblem as err:
@@ -109,7 +110,7 @@ class EmailActivities:
             from_email=self.settings.from_email,
             to_email=contact.email,
             to_name=contact.first_name,
-            message_id=mid,
+            message_id=row.message_id,
             headers={"X-Nudge-Flow": job.flow, "X-Nudge-Step": job.step},
         )
 

@@ -67,14 +67,16 @@ class Ingestor:
             known = await queries.event_status(session, event.id)
             if known is not None and known.routed_at is not None:
                 return EventResult(id=event.id, status="duplicate")
+            current = True
             if known is None:
                 contact_id = await queries.upsert_contact(session, event.contact)
                 if not await queries.record_event(session, event, contact_id, raw):
                     return EventResult(id=event.id, status="duplicate")  # lost a race to a twin
-                await queries.apply_event(session, event, contact_id)
+                current = await queries.apply_event(session, event, contact_id)
             else:
                 contact_id = known.contact_id
-        journeys = await self.route(event, contact_id)
+        # A stale snapshot (older than what is stored) is kept as history but moves no journey.
+        journeys = await self.route(event, contact_id) if current else []
         async with self.sessions.begin() as session:
             await queries.mark_routed(session, event.id)
         return EventResult(id=event.id, status="accepted", journeys=journeys)

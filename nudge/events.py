@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     HttpUrl,
     TypeAdapter,
+    WithJsonSchema,
 )
 
 MAX_BATCH = 500
@@ -51,6 +52,7 @@ Money = Annotated[
     Decimal,
     BeforeValidator(_no_float),
     Field(ge=0, max_digits=12, decimal_places=2),
+    WithJsonSchema({"type": "string", "pattern": r"^\d{1,10}(\.\d{1,2})?$", "examples": ["49.00"]}),
 ]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. EUR")]
 _http_url = TypeAdapter(HttpUrl)

@@ -50,8 +50,8 @@ async def upsert_contact(session: AsyncSession, contact: ev.ContactIn) -> int:
         created_at=utcnow(),
         updated_at=utcnow(),
     )
-    # Only fields the event actually carries overwrite what we know.
-    fields = contact.model_dump(exclude_unset=True, exclude={"email"})
+    # Only fields the event actually carries (and not as null) overwrite what we know.
+    fields = contact.model_dump(exclude_unset=True, exclude_none=True, exclude={"email"})
     changes = {name: stmt.excluded[name] for name in fields} | {
         "updated_at": stmt.excluded.updated_at
     }
@@ -88,11 +88,12 @@ async def mark_routed(session: AsyncSession, event_id: str) -> None:
     )
 
 
-async def apply_event(session: AsyncSession, event: ev.StoreEventIn, contact_id: int) -> None:
-    """Fold an event into contacts, products, carts and orders (idempotent)."""
+async def apply_event(session: AsyncSession, event: ev.StoreEventIn, contact_id: int) -> bool:
+    """Fold an event into contacts, products, carts and orders (idempotent). Returns False for
+    an event older than what is stored (a stale cart snapshot), which must not reach journeys."""
     match event:
         case ev.CartUpdated(cart=cart) | ev.CheckoutStarted(cart=cart):
-            await _upsert_cart(session, cart, contact_id, event.occurred_at)
+            return await _upsert_cart(session, cart, contact_id, event.occurred_at)
         case ev.OrderPlaced(order=order):
             await _insert_order(session, order, contact_id, event.occurred_at)
         case ev.OrderShipped(order=shipment):
@@ -117,6 +118,7 @@ async def apply_event(session: AsyncSession, event: ev.StoreEventIn, contact_id:
             await _set_consent(session, contact_id, Consent.SUBSCRIBED, event.occurred_at)
         case ev.CustomerUnsubscribed():
             await _set_consent(session, contact_id, Consent.UNSUBSCRIBED, event.occurred_at)
+    return True
 
 
 async def _set_consent(
@@ -153,7 +155,7 @@ async def _upsert_products(
 
 async def _upsert_cart(
     session: AsyncSession, cart: ev.CartIn, contact_id: int, occurred_at: datetime
-) -> None:
+) -> bool:
     stmt = _insert(session, Cart).values(
         token=cart.token,
         contact_id=contact_id,
@@ -173,7 +175,7 @@ async def _upsert_cart(
         where=Cart.updated_at <= stmt.excluded.updated_at,
     )
     if not _rowcount(await session.execute(stmt)):
-        return
+        return False
     await session.execute(delete(CartLine).where(CartLine.cart_token == cart.token))
     if cart.lines:
         await session.execute(
@@ -195,6 +197,7 @@ async def _upsert_cart(
                 for line in cart.lines
             ],
         )
+    return True
 
 
 async def _insert_order(
@@ -286,13 +289,24 @@ async def journeys_of(session: AsyncSession, contact_id: int, limit: int = 50) -
 
 
 async def claim_message(session: AsyncSession, values: dict[str, Any]) -> Message:
-    """The log row of one (journey, step), created queued on first sight; locked on PostgreSQL
-    so that two concurrent attempts of the same step cannot both send."""
+    """The log row of one (journey, step), created queued on first sight. Found by the step, not
+    the Message-ID, so a row keeps the id it was first sent with even if the sender's domain
+    changes between retries. Locked on PostgreSQL so that two concurrent attempts of the same
+    step cannot both send."""
     await session.execute(
         _insert(session, Message).values(created_at=utcnow(), **values).on_conflict_do_nothing()
     )
-    stmt = select(Message).where(Message.message_id == values["message_id"]).with_for_update()
-    return (await session.scalars(stmt.execution_options(populate_existing=True))).one()
+    stmt = (
+        select(Message)
+        .where(
+            Message.workflow_id == values["workflow_id"],
+            Message.trigger_event_id == values["trigger_event_id"],
+            Message.step == values["step"],
+        )
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return (await session.scalars(stmt)).one()
 
 
 async def has_converted(

@@ -8,16 +8,19 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
@@ -26,6 +29,7 @@ from api.app import create_app
 from nudge.db import create_engine, migrate_async, session_maker
 from nudge.mail import SmtpSender
 from nudge.mailcatcher import MailCatcher
+from nudge.models import Journey, utcnow
 from nudge.settings import Settings
 from nudge.temporal_dev import SEARCH_ATTRIBUTES, temporal_binary
 from support import Stack
@@ -137,5 +141,22 @@ async def stack(
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://nudge") as http,
         build_worker(temporal, settings, email),
     ):
+        since = utcnow()
         yield Stack(settings, temporal, http, sessions, mailcatcher, time_env)
+        await _end_running_journeys(temporal, sessions, since)
     await engine.dispose()
+
+
+async def _end_running_journeys(
+    temporal: Client, sessions: async_sessionmaker[AsyncSession], since: datetime
+) -> None:
+    """Terminate what a test left running while its worker is still up: an orphaned journey
+    mid-activity would stop the test server from skipping time for every later test."""
+    async with sessions() as session:
+        rows = await session.execute(
+            select(Journey.workflow_id, Journey.run_id).where(Journey.started_at >= since)
+        )
+    for workflow_id, run_id in rows.all():
+        handle = temporal.get_workflow_handle(workflow_id, run_id=run_id)
+        if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+            await handle.terminate(reason="test over")
