@@ -74,6 +74,7 @@ async def main() -> None:
             "worker polling task queue %r at %s", settings.task_queue, settings.temporal_address
         )
         await stop.wait()
+    await email.sender.close()
     await engine.dispose()
 
 

@@ -1,10 +1,12 @@
 """The send activity: one call per email, idempotent across retries, crashes and replays.
 
 The message log row, keyed by a deterministic Message-ID per (journey, step), is the lock:
-  queued  -> (checks pass) -> sending -> SMTP accepts -> sent
-          -> (a filter says no)       -> skipped, with the reason
-          -> (template error or SMTP 5xx)              -> failed, not retried
-A retry finds the row and never sends a step that is already sent, skipped or failed.
+  queued -> (filters pass, rendered) -> sending -> (server holds the whole message) -> sent
+         -> (a filter says no)     -> skipped, with the reason
+         -> (template error, SMTP 5xx) -> failed, not retried
+`sent` is committed just before the final `.` of SMTP DATA (nudge/mail.py), so a retry that
+finds `sending` knows the server dropped the message and resends it, and one that finds `sent`,
+`skipped` or `failed` never sends again.
 """
 
 from __future__ import annotations
@@ -55,17 +57,28 @@ class EmailActivities:
                 raise ApplicationError(prepared.error, type="TemplateError", non_retryable=True)
             return prepared
         mid = str(prepared["Message-ID"]).strip("<>")  # the row's, which may predate `mid`
-        # The row is committed as `sending` before SMTP: if we die after the provider accepts
-        # but before the row says `sent`, the retry resends with the same Message-ID.
+        committed = False
+
+        async def mark_sent() -> None:
+            # Runs while the server holds the whole message but has not yet accepted it (see
+            # nudge/mail.py): before this commit a crash means a safe resend, after it, none.
+            nonlocal committed
+            async with self.sessions.begin() as session:
+                await queries.set_message_status(
+                    session, mid, status=MessageStatus.SENT, sent_at=utcnow(), error=None
+                )
+            committed = True
+
         try:
-            await self.sender.send(prepared)
+            await self.sender.send(prepared, commit=mark_sent)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as err:
+            if committed and smtp_code(err) is None:
+                # The server got the final dot and then went silent: it most likely accepted
+                # the message, and resending could duplicate it. The record stays `sent`.
+                log.warning("no reply after the final dot of %s: kept as sent (%s)", mid, err)
+                return SendEmailResult(message_id=mid, status=MessageStatus.SENT)
             await self._smtp_failed(job, mid, err)
             raise
-        async with self.sessions.begin() as session:
-            await queries.set_message_status(
-                session, mid, status=MessageStatus.SENT, sent_at=utcnow(), error=None
-            )
         return SendEmailResult(message_id=mid, status=MessageStatus.SENT)
 
     async def _prepare(

@@ -74,8 +74,8 @@ class Consent(enum.StrEnum):
 
 class MessageStatus(enum.StrEnum):
     QUEUED = "queued"
-    # Handed to SMTP but not yet confirmed in the log: the one window in which a crash leaves
-    # us unsure whether the provider accepted it. See README "Delivery guarantees".
+    # In the SMTP dialogue, final `.` not yet written: a crash here means the server dropped
+    # the message, so a retry resends it. See README "Delivery guarantees".
     SENDING = "sending"
     SENT = "sent"
     SKIPPED = "skipped"

@@ -3,8 +3,10 @@ the idempotency protocol of the message log, row by row."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -20,10 +22,10 @@ from nudge import events as ev
 from nudge import queries
 from nudge.db import create_engine, session_maker
 from nudge.journeys import SendEmailInput, message_id
-from nudge.mail import SmtpSender
+from nudge.mail import Commit, SmtpSender, build_message
 from nudge.mailcatcher import MailCatcher
-from nudge.models import Message, MessageStatus
-from nudge.render import TEMPLATES, Renderer
+from nudge.models import Message
+from nudge.render import TEMPLATES, RenderedEmail, Renderer
 from nudge.settings import Settings
 from support import cart_event, new_email, new_id
 
@@ -96,25 +98,66 @@ async def test_a_step_is_sent_once_however_often_it_runs(
     assert (row.status, row.attempts, row.to_email) == ("sent", 1, email)
 
 
-async def test_a_step_left_sending_by_a_crash_is_resent_with_the_same_message_id(
+class Crash(Exception):
+    """Stands for the worker dying at the commit point (SIGKILL in the chaos test)."""
+
+
+class CrashAtCommit(SmtpSender):
+    async def send(self, message: EmailMessage, *, commit: Commit | None = None) -> None:
+        async def crash() -> None:
+            raise Crash()
+
+        await super().send(message, commit=crash)
+
+
+async def test_a_crash_before_the_final_dot_loses_nothing_and_duplicates_nothing(
     sessions: Sessions, settings: Settings, mailcatcher: MailCatcher
 ) -> None:
-    """The one window SMTP leaves open: we cannot know whether the provider took it."""
     email, token = new_email(), new_id("cart")
     contact_id = await seed_cart(sessions, email, token)
-    send = activities(sessions, settings).send_email
-    await ActivityEnvironment().run(send, job(contact_id, token))
+    crashing = EmailActivities(
+        sessions, CrashAtCommit(settings.smtp_host, settings.smtp_port), settings
+    )
+    with pytest.raises(Crash):
+        await ActivityEnvironment().run(crashing.send_email, job(contact_id, token))
     wid = job(contact_id, token).workflow_id
     [row] = await rows(sessions, wid)
-    async with sessions.begin() as session:
-        await queries.set_message_status(session, row.message_id, status=MessageStatus.SENDING)
+    assert (row.status, row.attempts) == ("sending", 1)
+    # The server had the whole message but never its final dot: it kept nothing.
+    await asyncio.sleep(0.2)
+    assert [m for m in mailcatcher.messages if email in m.rcpt_tos] == []
 
-    result = await ActivityEnvironment().run(send, job(contact_id, token))
-
+    result = await ActivityEnvironment().run(
+        activities(sessions, settings).send_email, job(contact_id, token)
+    )
     caught = [m for m in mailcatcher.messages if email in m.rcpt_tos]
-    assert [m.message_id for m in caught] == [row.message_id, row.message_id]
+    assert [m.message_id for m in caught] == [row.message_id]
     [row] = await rows(sessions, wid)
     assert (result.status, row.status, row.attempts) == ("sent", "sent", 2)
+
+
+async def test_kept_alive_connections_deliver_many_and_survive_a_server_restart(
+    settings: Settings, mailcatcher: MailCatcher
+) -> None:
+    sender = SmtpSender(settings.smtp_host, settings.smtp_port, pool_size=2)
+    rendered = RenderedEmail(subject="Hello", html="<p>Hi</p>", text="Hi\n")
+    ids = [f"{new_id('m')}@shop.example" for _ in range(6)]
+    to = new_email()
+
+    def message(mid: str) -> EmailMessage:
+        return build_message(
+            rendered, from_email=settings.from_email, to_email=to, to_name="Ana", message_id=mid
+        )
+
+    await asyncio.gather(*(sender.send(message(mid)) for mid in ids[:4]))
+    mailcatcher.stop()
+    mailcatcher.start()  # the pooled connections are now dead; the next sends reconnect
+    for mid in ids[4:]:
+        await sender.send(message(mid))
+    await sender.close()
+    assert sorted(m.message_id or "" for m in mailcatcher.messages if to in m.rcpt_tos) == sorted(
+        ids
+    )
 
 
 async def test_the_message_id_survives_a_change_of_sender_domain(
