@@ -24,13 +24,17 @@ from temporalio.exceptions import ApplicationError
 from nudge import queries
 from nudge.journeys import SendEmailInput, SendEmailResult, message_id
 from nudge.mail import SmtpSender, build_message, smtp_code
-from nudge.models import Consent, Contact, Message, MessageStatus, utcnow
+from nudge.models import Consent, Contact, Message, MessageStatus
 from nudge.render import Renderer, TemplateProblem
 from nudge.settings import Settings
 
 log = logging.getLogger(__name__)
 
 FINAL = (MessageStatus.SENT, MessageStatus.SKIPPED, MessageStatus.FAILED)
+
+
+class Superseded(Exception):
+    """A newer attempt of the same step claimed the row; this one must not deliver."""
 
 
 class EmailActivities:
@@ -56,21 +60,23 @@ class EmailActivities:
                 # Raised after the commit, so the log keeps the failure.
                 raise ApplicationError(prepared.error, type="TemplateError", non_retryable=True)
             return prepared
-        mid = str(prepared["Message-ID"]).strip("<>")  # the row's, which may predate `mid`
+        message, attempt = prepared
+        mid = str(message["Message-ID"]).strip("<>")  # the row's, which may predate `mid`
         committed = False
 
         async def mark_sent() -> None:
             # Runs while the server holds the whole message but has not yet accepted it (see
             # nudge/mail.py): before this commit a crash means a safe resend, after it, none.
+            # Fenced by the attempt number: an attempt that outlived its timeout while a newer
+            # one claimed the row must not commit, so its copy is dropped before the final dot.
             nonlocal committed
             async with self.sessions.begin() as session:
-                await queries.set_message_status(
-                    session, mid, status=MessageStatus.SENT, sent_at=utcnow(), error=None
-                )
+                if not await queries.mark_sent(session, mid, attempt):
+                    raise Superseded(f"attempt {attempt} of {mid} was superseded")
             committed = True
 
         try:
-            await self.sender.send(prepared, commit=mark_sent)
+            await self.sender.send(message, commit=mark_sent)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as err:
             if committed and smtp_code(err) is None:
                 # The server got the final dot and then went silent: it most likely accepted
@@ -83,7 +89,7 @@ class EmailActivities:
 
     async def _prepare(
         self, session: AsyncSession, job: SendEmailInput, mid: str
-    ) -> SendEmailResult | EmailMessage:
+    ) -> SendEmailResult | tuple[EmailMessage, int]:
         """Claim the step's log row and either settle it (already done, skipped, broken
         template) or return the message to send, with the row marked `sending`."""
         row = await queries.claim_message(
@@ -118,7 +124,7 @@ class EmailActivities:
             rendered.subject,
         )
         row.attempts += 1
-        return build_message(
+        message = build_message(
             rendered,
             from_email=self.settings.from_email,
             to_email=contact.email,
@@ -126,6 +132,7 @@ class EmailActivities:
             message_id=row.message_id,
             headers={"X-Nudge-Flow": job.flow, "X-Nudge-Step": job.step},
         )
+        return message, row.attempts
 
     async def _smtp_failed(self, job: SendEmailInput, mid: str, err: BaseException) -> None:
         """Log the failure; a 5xx is final (non-retryable), anything else goes back to queued."""

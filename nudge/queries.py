@@ -18,6 +18,7 @@ from nudge.models import (
     Contact,
     Journey,
     Message,
+    MessageStatus,
     Order,
     OrderLine,
     Product,
@@ -333,6 +334,20 @@ async def alternative_products(
         .limit(limit)
     )
     return list(result)
+
+
+async def mark_sent(session: AsyncSession, message_id: str, attempt: int) -> bool:
+    """`sending` -> `sent`, only for the attempt that holds the row; False if superseded."""
+    stmt = (
+        update(Message)
+        .where(
+            Message.message_id == message_id,
+            Message.status == MessageStatus.SENDING,
+            Message.attempts == attempt,
+        )
+        .values(status=MessageStatus.SENT, sent_at=utcnow(), error=None)
+    )
+    return _rowcount(await session.execute(stmt)) == 1
 
 
 async def set_message_status(session: AsyncSession, message_id: str, **values: Any) -> None:

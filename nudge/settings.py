@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     task_queue: str = "nudge"
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 1025
-    smtp_timeout: float = 30.0
+    smtp_timeout: float = 10.0
     api_key: str = "dev-key"
     public_url: str = "http://localhost:8000"
     from_email: str = "Nudge Store <store@nudge.localhost>"

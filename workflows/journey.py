@@ -44,6 +44,9 @@ STATUS = SearchAttributeKey.for_keyword("NudgeStatus")
 # A send is worth nothing once it is this late: better skipped than a reminder days after the fact.
 SEND_DEADLINE = timedelta(hours=6)
 SEND_DEADLINE_FLOOR = timedelta(minutes=5)
+# Well above the SMTP timeout (NUDGE_SMTP_TIMEOUT, 10 s) so an attempt normally ends on its own
+# before Temporal gives up on it; one that does not is fenced off by the message log.
+SEND_ATTEMPT_TIMEOUT = timedelta(seconds=30)
 SEND_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
@@ -177,7 +180,7 @@ class Journey:
                     journey_started_at=state.started_at or info.start_time,
                     transactional=transactional,
                 ),
-                start_to_close_timeout=timedelta(seconds=60),
+                start_to_close_timeout=SEND_ATTEMPT_TIMEOUT,
                 schedule_to_close_timeout=deadline,
                 retry_policy=SEND_RETRY,
                 summary=f"send {step}",

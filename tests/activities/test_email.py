@@ -4,7 +4,7 @@ the idempotency protocol of the message log, row by row."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.email import EmailActivities
+from activities.email import EmailActivities, Superseded
 from conftest import make_settings
 from nudge import events as ev
 from nudge import queries
@@ -134,6 +134,44 @@ async def test_a_crash_before_the_final_dot_loses_nothing_and_duplicates_nothing
     assert [m.message_id for m in caught] == [row.message_id]
     [row] = await rows(sessions, wid)
     assert (result.status, row.status, row.attempts) == ("sent", "sent", 2)
+
+
+class Overtaken(SmtpSender):
+    """While this attempt streams its message, a newer attempt of the same step (started after
+    Temporal timed this one out) claims the row and delivers."""
+
+    def __init__(self, settings: Settings, newer: Callable[[], Awaitable[object]]) -> None:
+        super().__init__(settings.smtp_host, settings.smtp_port)
+        self.newer = newer
+
+    async def send(self, message: EmailMessage, *, commit: Commit | None = None) -> None:
+        async def late_commit() -> None:
+            await self.newer()
+            assert commit is not None
+            await commit()
+
+        await super().send(message, commit=late_commit)
+
+
+async def test_an_overtaken_attempt_does_not_deliver(
+    sessions: Sessions, settings: Settings, mailcatcher: MailCatcher
+) -> None:
+    email, token = new_email(), new_id("cart")
+    contact_id = await seed_cart(sessions, email, token)
+
+    def newer() -> Awaitable[object]:
+        return ActivityEnvironment().run(
+            activities(sessions, settings).send_email, job(contact_id, token)
+        )
+
+    slow = EmailActivities(sessions, Overtaken(settings, newer), settings)
+    with pytest.raises(Superseded):
+        await ActivityEnvironment().run(slow.send_email, job(contact_id, token))
+
+    await asyncio.sleep(0.2)
+    [caught] = [m for m in mailcatcher.messages if email in m.rcpt_tos]
+    [row] = await rows(sessions, job(contact_id, token).workflow_id)
+    assert (caught.message_id, row.status, row.attempts) == (row.message_id, "sent", 2)
 
 
 async def test_kept_alive_connections_deliver_many_and_survive_a_server_restart(
