@@ -10,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint format clean
+.PHONY: venv run test lint format clean chaos bench
 
 venv: $(STAMP)
 
@@ -30,6 +30,17 @@ lint: venv
 
 test: lint
 	$(BIN)/pytest
+
+# The full chaos run (1000 journeys, 10 worker kills); a short one is part of `make test`.
+chaos: venv
+	$(BIN)/python -m bench.chaos
+
+# Every benchmark at its default (small) size; each also runs alone: python -m bench.<name>
+bench: venv
+	$(BIN)/python -m bench.journeys
+	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.email_build
+	$(BIN)/python -m bench.parked
 
 format: venv
 	$(BIN)/ruff check --fix .
