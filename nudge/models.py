@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -92,8 +93,23 @@ class Contact(Base):
     timezone: Mapped[str | None] = mapped_column(String(64))
     consent: Mapped[str] = mapped_column(String(16), default=Consent.IMPLIED)
     consent_updated_at: Mapped[datetime | None]
+    locale: Mapped[str | None] = mapped_column(String(16))
+    # Free-form profile properties a store sends (e.g. {"birthday": "1990-04-02"}).
+    properties: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'"))
+    loyalty_tier: Mapped[str | None] = mapped_column(String(32))
+    loyalty_tier_since: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ContactTag(Base):
+    __tablename__ = "contact_tags"
+
+    contact_id: Mapped[int] = mapped_column(
+        ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Product(Base):
@@ -105,6 +121,7 @@ class Product(Base):
     image_url: Mapped[str | None] = mapped_column(String(2048))
     price: Mapped[Decimal | None]
     currency: Mapped[str | None] = mapped_column(String(3))
+    category: Mapped[str | None] = mapped_column(String(100), index=True)
     in_stock: Mapped[bool] = mapped_column(default=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -151,6 +168,9 @@ class Order(Base):
     status: Mapped[str] = mapped_column(String(16), default="placed")
     shipped_at: Mapped[datetime | None]
     tracking_url: Mapped[str | None] = mapped_column(String(2048))
+    discount_code: Mapped[str | None] = mapped_column(String(64))
+    # What the order was actually discounted by, after the coupon checks.
+    discount_total: Mapped[Decimal | None]
 
     lines: Mapped[list[OrderLine]] = relationship(
         order_by="OrderLine.position", cascade="all, delete-orphan", lazy="selectin"
@@ -235,3 +255,110 @@ class Message(Base):
     sent_at: Mapped[datetime | None]
 
     __table_args__ = (UniqueConstraint("workflow_id", "trigger_event_id", "step"),)
+
+
+class Segment(Base):
+    """A segment definition (a pydantic `SegmentDefinition` as JSON), built in or the store's."""
+
+    __tablename__ = "segments"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    definition: Mapped[dict[str, Any]]
+    builtin: Mapped[bool] = mapped_column(default=False)
+    # Membership that depends on the clock alone (lapsed N days) is refreshed on a schedule.
+    time_based: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class SegmentMember(Base):
+    __tablename__ = "segment_members"
+
+    segment_id: Mapped[str] = mapped_column(
+        ForeignKey("segments.id", ondelete="CASCADE"), primary_key=True
+    )
+    contact_id: Mapped[int] = mapped_column(
+        ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    entered_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SegmentChange(Base):
+    """Every entry into and exit from a segment, with its time."""
+
+    __tablename__ = "segment_changes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    segment_id: Mapped[str] = mapped_column(String(64), index=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    change: Mapped[str] = mapped_column(String(8))  # entered | exited
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index(None, "contact_id", "at"),)
+
+
+class Coupon(Base):
+    """A single-use, per-contact discount code."""
+
+    __tablename__ = "coupons"
+
+    code: Mapped[str] = mapped_column(String(64), primary_key=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))  # percent | amount
+    value: Mapped[Decimal]
+    currency: Mapped[str | None] = mapped_column(String(3))
+    # What issued it (e.g. a journey step), so issuing again returns the same code.
+    source: Mapped[str] = mapped_column(String(255))
+    expires_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    redeemed_at: Mapped[datetime | None]
+    redeemed_order_id: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (UniqueConstraint("contact_id", "source"),)
+
+
+class CouponAttempt(Base):
+    """Each use of a code on an order: redeemed, or refused with the reason (flagged)."""
+
+    __tablename__ = "coupon_attempts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    code: Mapped[str] = mapped_column(String(64), index=True)
+    order_id: Mapped[str] = mapped_column(String(64))
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
+    outcome: Mapped[str] = mapped_column(String(16))  # redeemed | refused
+    reason: Mapped[str | None] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("code", "order_id"),)
+
+
+class LoyaltyEntry(Base):
+    """The points ledger: one row per order (idempotent) or manual adjustment."""
+
+    __tablename__ = "loyalty_entries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"), index=True)
+    order_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    points: Mapped[int]
+    reason: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MessageEvent(Base):
+    """What happened to a sent message: open, click, bounce, complaint, unsubscribe.
+    `machine` flags opens and clicks by privacy proxies and link scanners."""
+
+    __tablename__ = "message_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(String(255), index=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    url: Mapped[str | None] = mapped_column(String(2048))
+    machine: Mapped[bool] = mapped_column(default=False)
+
+    __table_args__ = (Index(None, "contact_id", "kind", "at"),)
