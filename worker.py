@@ -1,6 +1,9 @@
 """The Nudge worker: runs every flow and activity on the configured task queue.
 
 python worker.py
+
+At start it also stores the built-in segments (idempotent) and creates, or updates, the Temporal
+Schedule `nudge-segment-refresh` that runs the `segment_refresh` workflow every hour.
 """
 
 from __future__ import annotations
@@ -12,15 +15,31 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
-from temporalio.client import Client
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
+)
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from activities.email import EmailActivities
+from activities.segments import SegmentActivities
+from nudge import segments as segment_store
 from nudge.db import create_engine, session_maker
-from nudge.mail import SmtpSender
+from nudge.journeys import SegmentRefreshInput
+from nudge.mail import DkimSigner, SmtpSender
+from nudge.models import utcnow
 from nudge.settings import Settings, get_settings
 from workflows import FLOWS
+from workflows.segment_refresh import REFRESH_EVERY, SCHEDULE_ID, SegmentRefresh
 
 # Parked journeys are cheap on the server; the cache bounds what they cost the worker's memory.
 MAX_CACHED_WORKFLOWS = 2000
@@ -32,20 +51,57 @@ def build_worker(
     email: EmailActivities,
     *,
     flows: Sequence[type] = FLOWS,
+    segments: SegmentActivities | None = None,
     **options: Any,
 ) -> Worker:
+    """A worker for `flows` and the segment refresh; its activity runs where `segments` is given."""
     options.setdefault("max_cached_workflows", MAX_CACHED_WORKFLOWS)
+    activities: list[Any] = [email.send_email]
+    if segments is not None:
+        activities.append(segments.refresh_time_based_segments)
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=list(flows),
-        activities=[email.send_email],
+        workflows=[*flows, SegmentRefresh],
+        activities=activities,
         **options,
     )
 
 
+async def ensure_segment_schedule(client: Client, settings: Settings) -> None:
+    """Create the hourly segment refresh schedule, or bring an existing one up to date (task
+    queue, interval). Overlapping runs are skipped: a slow refresh is never run twice at once."""
+    schedule = Schedule(
+        action=ScheduleActionStartWorkflow(
+            SegmentRefresh.run,
+            SegmentRefreshInput(),
+            id=SCHEDULE_ID,
+            task_queue=settings.task_queue,
+        ),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=REFRESH_EVERY)]),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+    try:
+        await client.create_schedule(SCHEDULE_ID, schedule)
+    except ScheduleAlreadyRunningError:
+
+        def update(_: ScheduleUpdateInput) -> ScheduleUpdate:
+            return ScheduleUpdate(schedule=schedule)
+
+        await client.get_schedule_handle(SCHEDULE_ID).update(update)
+
+
 def email_activities(settings: Settings, engine: AsyncEngine) -> EmailActivities:
-    sender = SmtpSender(settings.smtp_host, settings.smtp_port, settings.smtp_timeout)
+    signer = None
+    if settings.dkim_selector and settings.dkim_private_key_file:
+        signer = DkimSigner(
+            settings.dkim_selector,
+            settings.dkim_domain or settings.from_domain,
+            settings.dkim_private_key_file.read_bytes(),
+        )
+    sender = SmtpSender(
+        settings.smtp_host, settings.smtp_port, settings.smtp_timeout, signer=signer
+    )
     return EmailActivities(session_maker(engine), sender, settings)
 
 
@@ -65,11 +121,16 @@ async def main() -> None:
     client = await connect(settings)
     engine = create_engine(settings.database_url)
     email = email_activities(settings, engine)
+    sessions = session_maker(engine)
+    async with sessions.begin() as session:
+        await segment_store.ensure_builtin_segments(session, utcnow())
+    await ensure_segment_schedule(client, settings)
+    segments = SegmentActivities(sessions, client, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with build_worker(client, settings, email):
+    async with build_worker(client, settings, email, segments=segments):
         logging.info(
             "worker polling task queue %r at %s", settings.task_queue, settings.temporal_address
         )

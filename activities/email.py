@@ -12,7 +12,7 @@ finds `sending` knows the server dropped the message and resends it, and one tha
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Any
 
@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from nudge import queries
+from nudge import personalize, queries
 from nudge.journeys import SendEmailInput, SendEmailResult, message_id
 from nudge.mail import SmtpSender, build_message, smtp_code
 from nudge.models import Consent, Contact, Message, MessageStatus
@@ -173,53 +173,63 @@ class EmailActivities:
     async def _context(
         self, session: AsyncSession, job: SendEmailInput, contact: Contact, mid: str
     ) -> dict[str, Any]:
+        """Everything a template may use (README "Personal content"). Parts that cost queries
+        (recommendations, the last order, a coupon) are built only for templates that use them."""
         settings = self.settings
+        now = datetime.now(UTC)
+        uses = self.renderer.variables(job.template)
+        segments = await personalize.segment_ids(session, contact.id)
         context: dict[str, Any] = {
-            "contact": {
-                "first_name": contact.first_name or "there",
-                "email": contact.email,
-                "timezone": contact.timezone,
-            },
+            "contact": personalize.contact_context(contact),
             "store": {
                 "name": settings.store_name,
                 "address": settings.store_address,
                 "url": settings.public_url,
+                "logo_url": settings.store_logo_url,
             },
+            "segments": segments,
+            "is_vip": "vip" in segments,
+            "loyalty": await personalize.loyalty_context(session, contact.id, settings),
             "message_id": mid,
-            "now": datetime.now(UTC),
+            "now": now,
         }
         cart = await queries.get_cart(session, job.key)
+        cart_ids: list[str] = []
         if cart is not None:
-            lines = [
-                {
-                    "product_id": line.product_id,
-                    "title": line.title,
-                    "price": line.price,
-                    "quantity": line.quantity,
-                    "image_url": line.image_url,
-                    "url": line.url,
-                }
-                for line in cart.lines
-            ]
+            cart_ids = [line.product_id for line in cart.lines]
             context["cart"] = {
                 "token": cart.token,
                 "currency": cart.currency,
                 "checkout_url": cart.checkout_url or settings.public_url,
-                "lines": lines,
+                "lines": [
+                    {
+                        "product_id": line.product_id,
+                        "title": line.title,
+                        "price": line.price,
+                        "quantity": line.quantity,
+                        "image_url": line.image_url,
+                        "url": line.url,
+                    }
+                    for line in cart.lines
+                ],
                 "total": sum((line.price * line.quantity for line in cart.lines), start=0),
             }
-            alternatives = await queries.alternative_products(
-                session, [line.product_id for line in cart.lines]
+        if uses & {"recommendations", "alternatives"}:
+            found = await personalize.recommendations(session, contact.id, cart_ids, now)
+            # `alternatives` is the older name, kept for templates that use it.
+            context["recommendations"] = context["alternatives"] = found
+        if "last_order" in uses:
+            context["last_order"] = await personalize.last_order(session, contact.id)
+        if "offer" in uses:
+            # One unique code per journey step: a retried send finds the code it first showed.
+            context["offer"] = await personalize.offer(
+                session,
+                contact.id,
+                source=f"{job.workflow_id}:{job.trigger_event_id}:{job.step}",
+                segments=segments,
+                settings=settings,
+                now=now,
             )
-            context["alternatives"] = [
-                {"title": p.title, "url": p.url, "image_url": p.image_url, "price": p.price}
-                for p in alternatives
-            ]
-        context["offer"] = {
-            "code": settings.cart_discount_code,
-            "percent": settings.cart_discount_percent,
-            "expires_at": datetime.now(UTC) + timedelta(hours=24),
-        }
         return context
 
     def _settle(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -12,20 +12,31 @@ from temporalio.client import Client
 
 from api import errors
 from api.deps import require_api_key
-from api.routers import contacts, events
+from api.routers import contacts, events, segments
 from nudge import events as ev
 from nudge.db import create_engine, session_maker
+from nudge.models import utcnow
+from nudge.segments import ensure_builtin_segments
 from nudge.settings import Settings, get_settings
+from workflows import FLOWS
+from workflows.journey import Journey
 
 
-def create_app(settings: Settings | None = None, temporal: Client | None = None) -> FastAPI:
-    """Build the app; tests pass their own settings and Temporal client."""
+def create_app(
+    settings: Settings | None = None,
+    temporal: Client | None = None,
+    flows: Sequence[type[Journey]] = FLOWS,
+) -> FastAPI:
+    """Build the app; tests pass their own settings, Temporal client and flows."""
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings.database_url)
         app.state.sessions = session_maker(engine)
+        # Idempotent; the worker does the same at its start, whichever comes first seeds them.
+        async with app.state.sessions.begin() as session:
+            await ensure_builtin_segments(session, utcnow())
         if temporal is None:
             from worker import connect
 
@@ -43,9 +54,11 @@ def create_app(settings: Settings | None = None, temporal: Client | None = None)
     )
     app.state.settings = settings
     app.state.temporal = temporal
+    app.state.flows = tuple(flows)
     errors.install(app)
     app.include_router(events.router, prefix="/v1", dependencies=[Depends(require_api_key)])
     app.include_router(contacts.router, prefix="/v1", dependencies=[Depends(require_api_key)])
+    app.include_router(segments.router, prefix="/v1", dependencies=[Depends(require_api_key)])
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -59,6 +72,7 @@ def create_app(settings: Settings | None = None, temporal: Client | None = None)
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(event_schema.pop("$defs", {}))
             components["StoreEvent"] = event_schema
+            components.update(segments.schemas())
             app.openapi_schema = schema
         return app.openapi_schema
 

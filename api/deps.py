@@ -13,6 +13,7 @@ from temporalio.client import Client
 
 from api.errors import Unauthorized
 from nudge.settings import Settings
+from workflows.journey import Journey
 
 
 def _settings(request: Request) -> Settings:
@@ -35,10 +36,16 @@ def _temporal(request: Request) -> Client:
     return client
 
 
+def _flows(request: Request) -> tuple[type[Journey], ...]:
+    flows: tuple[type[Journey], ...] = request.app.state.flows
+    return flows
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 SessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(_sessions)]
 SessionDep = Annotated[AsyncSession, Depends(_session)]
 TemporalClientDep = Annotated[Client, Depends(_temporal)]
+FlowsDep = Annotated[tuple[type[Journey], ...], Depends(_flows)]
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer $NUDGE_API_KEY`")
 

@@ -32,6 +32,11 @@ class NotFound(NudgeError):
     code = "not_found"
 
 
+class Conflict(NudgeError):
+    status_code = 409
+    code = "conflict"
+
+
 class Invalid(NudgeError):
     status_code = 422
     code = "invalid"

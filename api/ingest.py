@@ -4,11 +4,17 @@ Routing is generic over the flows in `workflows.FLOWS`: a flow's trigger events 
 journey by signal-with-start under a deterministic workflow id, and its exit-goal events signal
 the contact's open journeys of that flow. An event is marked routed only after Temporal accepted
 it, so a client retrying after a crash gets its event routed rather than silently dropped.
+
+Each new event also recomputes the contact's segment memberships, in the event's transaction
+(`nudge.segments.refresh_contact`). Entering a segment that a flow lists in `segment_triggers`
+starts that flow's journey for the contact, keyed by the segment id; the entry stays unrouted in
+`segment_changes` until Temporal has the journey, so a crash in between only delays it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -17,11 +23,12 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from nudge import events as ev
-from nudge import queries
+from nudge import queries, segments
 from nudge.journeys import JourneyEvent, JourneyInput, workflow_id
+from nudge.models import utcnow
 from nudge.settings import Settings
 from workflows import FLOWS
-from workflows.journey import start_search_attributes
+from workflows.journey import Journey, start_search_attributes
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +60,19 @@ def journey_event(event: ev.StoreEventIn) -> JourneyEvent:
 
 class Ingestor:
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], client: Client, settings: Settings
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        client: Client,
+        settings: Settings,
+        flows: Sequence[type[Journey]] = FLOWS,
     ) -> None:
         self.sessions, self.client, self.settings = sessions, client, settings
+        self.flows = tuple(flows)
+        #: Segment ids whose entries start journeys, and the flows each one starts.
+        self.segment_flows: dict[str, list[type[Journey]]] = {}
+        for flow in self.flows:
+            for segment_id in flow.segment_triggers:
+                self.segment_flows.setdefault(segment_id, []).append(flow)
 
     async def ingest(self, batch: list[tuple[ev.StoreEventIn, dict[str, Any]]]) -> IngestResult:
         results = [await self.ingest_one(event, raw) for event, raw in batch]
@@ -73,10 +90,23 @@ class Ingestor:
                 if not await queries.record_event(session, event, contact_id, raw):
                     return EventResult(id=event.id, status="duplicate")  # lost a race to a twin
                 current = await queries.apply_event(session, event, contact_id)
+                await segments.refresh_contact(
+                    session, contact_id, utcnow(), triggers=self.segment_flows.keys()
+                )
             else:
                 contact_id = known.contact_id
         # A stale snapshot (older than what is stored) is kept as history but moves no journey.
         journeys = await self.route(event, contact_id) if current else []
+        # Also on a retry: the entries a crash left unrouted.
+        journeys += await self.route_segment_entries(contact_id)
+        # Events Nudge derived from this one (a loyalty tier change), stored with it so a
+        # crash here delays them but cannot lose them.
+        async with self.sessions() as session:
+            follow_ups = await queries.follow_ups(session, event.id)
+        for follow_up in follow_ups:
+            journeys += await self.route(follow_up, contact_id)
+            async with self.sessions.begin() as session:
+                await queries.mark_routed(session, follow_up.id)
         async with self.sessions.begin() as session:
             await queries.mark_routed(session, event.id)
         return EventResult(id=event.id, status="accepted", journeys=journeys)
@@ -84,7 +114,7 @@ class Ingestor:
     async def route(self, event: ev.StoreEventIn, contact_id: int) -> list[str]:
         signal = journey_event(event)
         touched: list[str] = []
-        for flow in FLOWS:
+        for flow in self.flows:
             if event.type in flow.triggers:
                 key = flow.journey_key(event)
                 if key is None:
@@ -105,6 +135,36 @@ class Ingestor:
                         async with self.sessions.begin() as session:
                             await queries.close_journey(session, journey.id)
         return touched
+
+    async def route_segment_entries(
+        self, contact_id: int | None = None, *, limit: int = 500
+    ) -> list[str]:
+        """Start the journeys that unrouted segment entries trigger (one contact's, or the oldest
+        `limit` of anyone's), then mark the entries routed. Returns the workflow ids."""
+        async with self.sessions() as session:
+            entries = await segments.pending_entries(
+                session, self.segment_flows.keys(), contact_id=contact_id, limit=limit
+            )
+        if not entries:
+            return []
+        started: list[str] = []
+        for entry in entries:
+            trigger = f"segment:{entry.segment_id}:{entry.change_id}"
+            signal = JourneyEvent(
+                id=trigger,
+                type="segment_entered",
+                occurred_at=entry.at,
+                segment_id=entry.segment_id,
+            )
+            for flow in self.segment_flows[entry.segment_id]:
+                wid = workflow_id(flow.flow, entry.contact_id, entry.segment_id)
+                await self._start(
+                    flow.flow, wid, entry.contact_id, entry.segment_id, trigger, signal
+                )
+                started.append(wid)
+        async with self.sessions.begin() as session:
+            await segments.mark_routed(session, [e.change_id for e in entries], utcnow())
+        return started
 
     async def _start(
         self,

@@ -9,6 +9,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -46,6 +47,13 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     kwargs.setdefault("max_overflow", 20)
     kwargs.setdefault("pool_pre_ping", True)
     return create_async_engine(url, **kwargs)
+
+
+def insert_for(session: AsyncSession, model: type[Any]) -> Any:
+    """INSERT with ON CONFLICT support (`on_conflict_do_nothing` / `_do_update`) for the
+    session's dialect."""
+    name = session.get_bind().dialect.name
+    return (sqlite.insert if name == "sqlite" else postgresql.insert)(model)
 
 
 def session_maker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

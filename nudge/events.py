@@ -7,6 +7,7 @@ float, so no amount is ever rounded on the way in.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -69,10 +70,33 @@ Url = Annotated[
 # Tokens and ids are part of Temporal workflow ids, so keep them to a safe alphabet.
 Token = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")]
 Name = Annotated[str, Field(max_length=100), AfterValidator(_one_line)]
+Category = Annotated[
+    str, Field(min_length=1, max_length=100, description="The product's category, e.g. shirts")
+]
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True, frozen=True)
+
+
+Locale = Annotated[
+    str,
+    Field(
+        max_length=16,
+        pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$",
+        description="BCP 47 language tag, e.g. pt-PT",
+    ),
+]
+PropertyName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+PropertyValue = (
+    Annotated[str, Field(max_length=500)]
+    | bool
+    | Annotated[int, Field(ge=-(2**53), le=2**53)]
+    | Annotated[float, Field(allow_inf_nan=False)]
+)
+TagName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+MAX_PROPERTIES = 50
+MAX_TAGS = 50
 
 
 class ContactIn(_Model):
@@ -80,6 +104,24 @@ class ContactIn(_Model):
     first_name: Name | None = None
     last_name: Name | None = None
     timezone: Annotated[str, AfterValidator(_timezone)] | None = None
+    locale: Locale | None = None
+    properties: (
+        Annotated[
+            dict[PropertyName, PropertyValue],
+            Field(
+                max_length=MAX_PROPERTIES,
+                description='Merged key by key into what is known (e.g. {"birthday": "1990-04-02"})',
+            ),
+        ]
+        | None
+    ) = None
+    tags: (
+        Annotated[
+            list[TagName],
+            Field(max_length=MAX_TAGS, description="Added to the contact's tags; never removed"),
+        ]
+        | None
+    ) = None
 
 
 class CartLineIn(_Model):
@@ -89,6 +131,7 @@ class CartLineIn(_Model):
     quantity: Annotated[int, Field(ge=1, le=10_000)]
     image_url: Url | None = None
     url: Url | None = None
+    category: Category | None = None
 
 
 class CartIn(_Model):
@@ -103,6 +146,7 @@ class OrderLineIn(_Model):
     title: Annotated[str, Field(min_length=1, max_length=300)]
     price: Money
     quantity: Annotated[int, Field(ge=1, le=10_000)]
+    category: Category | None = None
 
 
 class OrderIn(_Model):
@@ -111,6 +155,13 @@ class OrderIn(_Model):
     currency: Currency
     total: Money
     lines: Annotated[list[OrderLineIn], Field(max_length=500)] = []
+    discount_code: (
+        Annotated[
+            str,
+            Field(min_length=1, max_length=64, description="The discount code the customer used"),
+        ]
+        | None
+    ) = None
 
 
 class ShipmentIn(_Model):
@@ -132,6 +183,7 @@ class ProductIn(_Model):
     price: Money | None = None
     currency: Currency | None = None
     in_stock: bool = True
+    category: Category | None = None
 
 
 class _Envelope(_Model):
@@ -179,7 +231,23 @@ class OrderRefunded(_Envelope):
     order: RefundIn
 
 
-StoreEventIn = Annotated[
+# ---- internal events: raised by Nudge itself, never accepted from a store ----------------------
+
+
+class TierChangeIn(_Model):
+    old: Annotated[str, Field(max_length=32)]
+    new: Annotated[str, Field(max_length=32)]
+
+
+class LoyaltyTierChanged(_Envelope):
+    """A contact's loyalty tier changed (an order or a refund moved their lifetime spend).
+    Flows trigger on it like on a store event; its id derives from the event that caused it."""
+
+    type: Literal["loyalty_tier_changed"]
+    loyalty: TierChangeIn
+
+
+PublicEventIn = Annotated[
     CustomerSubscribed
     | CustomerUnsubscribed
     | ProductViewed
@@ -190,6 +258,20 @@ StoreEventIn = Annotated[
     | OrderRefunded,
     Field(discriminator="type"),
 ]
+# Every event that is stored and routed to journeys: what stores post, and internal events.
+StoreEventIn = Annotated[
+    CustomerSubscribed
+    | CustomerUnsubscribed
+    | ProductViewed
+    | CartUpdated
+    | CheckoutStarted
+    | OrderPlaced
+    | OrderShipped
+    | OrderRefunded
+    | LoyaltyTierChanged,
+    Field(discriminator="type"),
+]
+INTERNAL_EVENT_TYPES: tuple[str, ...] = ("loyalty_tier_changed",)
 EVENT_TYPES: tuple[str, ...] = (
     "customer_subscribed",
     "customer_unsubscribed",
@@ -201,10 +283,13 @@ EVENT_TYPES: tuple[str, ...] = (
     "order_refunded",
 )
 
-event_adapter: TypeAdapter[StoreEventIn] = TypeAdapter(StoreEventIn)
-batch_adapter: TypeAdapter[list[StoreEventIn]] = TypeAdapter(
-    Annotated[list[StoreEventIn], Field(min_length=1, max_length=MAX_BATCH)]
+# What `POST /v1/events` accepts (and publishes as its schema): store events only.
+event_adapter: TypeAdapter[StoreEventIn] = TypeAdapter(PublicEventIn)
+batch_adapter: TypeAdapter[Sequence[StoreEventIn]] = TypeAdapter(
+    Annotated[list[PublicEventIn], Field(min_length=1, max_length=MAX_BATCH)]
 )
+# Any stored event, internal ones included (reading back the `events` table).
+stored_event_adapter: TypeAdapter[StoreEventIn] = TypeAdapter(StoreEventIn)
 
 
 def cart_of(event: StoreEventIn) -> CartIn | None:

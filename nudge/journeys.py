@@ -39,6 +39,8 @@ class JourneyEvent(BaseModel):
     cart_token: str | None = None
     order_id: str | None = None
     line_count: int | None = None
+    # Set on `segment_entered`, the event a journey started by a segment entry begins with.
+    segment_id: str | None = None
 
 
 class SentEmail(BaseModel):
@@ -87,3 +89,20 @@ def message_id(workflow_id: str, trigger_event_id: str, step: str, domain: str) 
     """The RFC 5322 Message-ID of one journey step: the same on every retry and replay."""
     digest = hashlib.sha256(f"{workflow_id}\x1f{trigger_event_id}\x1f{step}".encode()).hexdigest()
     return f"{digest[:32]}@{domain}"
+
+
+class SegmentRefreshInput(BaseModel):
+    """The scheduled refresh of time-based segments; `now` defaults to the workflow's time."""
+
+    now: datetime | None = None
+
+
+class SegmentCounts(BaseModel):
+    entered: int = 0
+    exited: int = 0
+
+
+class SegmentRefreshResult(BaseModel):
+    now: datetime
+    segments: dict[str, SegmentCounts] = {}
+    journeys_started: int = 0

@@ -185,7 +185,8 @@ class OrderLine(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     order_id: Mapped[str] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"))
     position: Mapped[int]
-    product_id: Mapped[str] = mapped_column(String(64))
+    # Indexed for recommendations (bought together, popular).
+    product_id: Mapped[str] = mapped_column(String(64), index=True)
     title: Mapped[str] = mapped_column(String(300))
     price: Mapped[Decimal]
     quantity: Mapped[int]
@@ -207,8 +208,13 @@ class StoreEvent(Base):
     # short (API crash) routes it again instead of dropping it.
     routed_at: Mapped[datetime | None]
     payload: Mapped[dict[str, Any]]
+    # The product a `product_viewed` event is about, out of the payload so segments can index it.
+    product_id: Mapped[str | None] = mapped_column(String(64))
 
-    __table_args__ = (Index(None, "contact_id", "occurred_at"),)
+    __table_args__ = (
+        Index(None, "contact_id", "occurred_at"),
+        Index("ix_events_product_id", "product_id", "occurred_at"),
+    )
 
 
 class Journey(Base):
@@ -294,8 +300,20 @@ class SegmentChange(Base):
     contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
     change: Mapped[str] = mapped_column(String(8))  # entered | exited
     at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set once the flows an entry triggers (`segment_triggers`) have been started, or at once when
+    # it triggers none: the outbox of segment entries, so a crash never loses a flow start.
+    routed_at: Mapped[datetime | None]
 
-    __table_args__ = (Index(None, "contact_id", "at"),)
+    __table_args__ = (
+        Index(None, "contact_id", "at"),
+        Index(
+            "ix_segment_changes_pending",
+            "segment_id",
+            "id",
+            postgresql_where=text("routed_at IS NULL"),
+            sqlite_where=text("routed_at IS NULL"),
+        ),
+    )
 
 
 class Coupon(Base):
@@ -335,16 +353,20 @@ class CouponAttempt(Base):
 
 
 class LoyaltyEntry(Base):
-    """The points ledger: one row per order (idempotent) or manual adjustment."""
+    """The points ledger: per order one earning row and, if refunded, one reversal row
+    (idempotent), plus manual adjustments."""
 
     __tablename__ = "loyalty_entries"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"), index=True)
-    order_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    order_id: Mapped[str | None] = mapped_column(String(64))
     points: Mapped[int]
-    reason: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(String(32))  # order | refund | adjustment
     at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    # One earning row and one reversal row per order at most: replays change nothing.
+    __table_args__ = (UniqueConstraint("order_id", "reason"),)
 
 
 class MessageEvent(Base):

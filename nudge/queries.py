@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, or_, select, update
+from sqlalchemy import JSON, and_, cast, delete, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from nudge import coupons, loyalty
 from nudge import events as ev
 from nudge.models import (
     Cart,
     CartLine,
     Consent,
     Contact,
+    ContactTag,
     Journey,
     Message,
     MessageStatus,
@@ -25,6 +29,7 @@ from nudge.models import (
     StoreEvent,
     utcnow,
 )
+from nudge.settings import Settings, get_settings
 
 
 def _rowcount(result: Any) -> int:
@@ -47,17 +52,44 @@ async def upsert_contact(session: AsyncSession, contact: ev.ContactIn) -> int:
         first_name=contact.first_name,
         last_name=contact.last_name,
         timezone=contact.timezone,
+        locale=contact.locale,
+        properties=contact.properties or {},
         consent=Consent.IMPLIED,
         created_at=utcnow(),
         updated_at=utcnow(),
     )
     # Only fields the event actually carries (and not as null) overwrite what we know.
-    fields = contact.model_dump(exclude_unset=True, exclude_none=True, exclude={"email"})
+    fields = contact.model_dump(
+        exclude_unset=True, exclude_none=True, exclude={"email", "properties", "tags"}
+    )
     changes = {name: stmt.excluded[name] for name in fields} | {
         "updated_at": stmt.excluded.updated_at
     }
+    if contact.properties:
+        # Merged key by key: a property the event does not mention keeps its value.
+        changes["properties"] = _json_merge(session, Contact.properties, stmt.excluded.properties)
     stmt = stmt.on_conflict_do_update(index_elements=["email"], set_=changes).returning(Contact.id)
-    return int((await session.execute(stmt)).scalar_one())
+    contact_id = int((await session.execute(stmt)).scalar_one())
+    if contact.tags:
+        await session.execute(
+            _insert(session, ContactTag)
+            .values(
+                [
+                    {"contact_id": contact_id, "tag": tag, "created_at": utcnow()}
+                    for tag in dict.fromkeys(contact.tags)
+                ]
+            )
+            .on_conflict_do_nothing()
+        )
+    return contact_id
+
+
+def _json_merge(session: AsyncSession, old: Any, new: Any) -> Any:
+    """`old` with the top-level keys of `new` set: SQLite's json_patch, PostgreSQL's jsonb ||."""
+    if session.get_bind().dialect.name == "sqlite":
+        return func.json_patch(old, new)
+    merged = cast(old, postgresql.JSONB).op("||")(cast(new, postgresql.JSONB))
+    return cast(merged, JSON)
 
 
 async def event_status(session: AsyncSession, event_id: str) -> StoreEvent | None:
@@ -77,6 +109,7 @@ async def record_event(
             occurred_at=event.occurred_at,
             received_at=utcnow(),
             payload=payload,
+            product_id=event.product.id if isinstance(event, ev.ProductViewed) else None,
         )
         .on_conflict_do_nothing(index_elements=["id"])
     )
@@ -89,14 +122,25 @@ async def mark_routed(session: AsyncSession, event_id: str) -> None:
     )
 
 
-async def apply_event(session: AsyncSession, event: ev.StoreEventIn, contact_id: int) -> bool:
+async def apply_event(
+    session: AsyncSession,
+    event: ev.StoreEventIn,
+    contact_id: int,
+    *,
+    settings: Settings | None = None,
+) -> bool:
     """Fold an event into contacts, products, carts and orders (idempotent). Returns False for
-    an event older than what is stored (a stale cart snapshot), which must not reach journeys."""
+    an event older than what is stored (a stale cart snapshot), which must not reach journeys.
+
+    An event can cause internal events (a loyalty tier change): they are stored in the same
+    transaction, unrouted, and `follow_ups(session, event.id)` returns them for routing."""
+    settings = settings or get_settings()
+    change: loyalty.TierChange | None = None
     match event:
         case ev.CartUpdated(cart=cart) | ev.CheckoutStarted(cart=cart):
             return await _upsert_cart(session, cart, contact_id, event.occurred_at)
         case ev.OrderPlaced(order=order):
-            await _insert_order(session, order, contact_id, event.occurred_at)
+            change = await _insert_order(session, order, contact_id, event.occurred_at, settings)
         case ev.OrderShipped(order=shipment):
             await session.execute(
                 update(Order)
@@ -113,13 +157,54 @@ async def apply_event(session: AsyncSession, event: ev.StoreEventIn, contact_id:
                 .where(Order.id == refund.id, Order.contact_id == contact_id)
                 .values(status="refunded")
             )
+            change = await loyalty.on_refund(
+                session, settings, contact_id=contact_id, order_id=refund.id, at=event.occurred_at
+            )
         case ev.ProductViewed(product=product):
             await _upsert_products(session, [product.model_dump()], with_stock=True)
         case ev.CustomerSubscribed():
             await _set_consent(session, contact_id, Consent.SUBSCRIBED, event.occurred_at)
         case ev.CustomerUnsubscribed():
             await _set_consent(session, contact_id, Consent.UNSUBSCRIBED, event.occurred_at)
+    if change is not None:
+        await _record_follow_up(
+            session,
+            ev.LoyaltyTierChanged(
+                id=follow_up_id(event.id, "loyalty_tier_changed"),
+                type="loyalty_tier_changed",
+                occurred_at=change.at,
+                contact=ev.ContactIn(email=event.contact.email),
+                loyalty=ev.TierChangeIn(old=change.old, new=change.new),
+            ),
+            contact_id,
+        )
     return True
+
+
+def follow_up_id(source_event_id: str, type: str) -> str:
+    """The id of the internal event of `type` caused by an event: the same on every replay."""
+    candidate = f"{source_event_id}:{type}"
+    if len(candidate) <= 128:
+        return candidate
+    return f"{hashlib.sha256(source_event_id.encode()).hexdigest()[:64]}:{type}"
+
+
+async def _record_follow_up(
+    session: AsyncSession, follow_up: ev.StoreEventIn, contact_id: int
+) -> None:
+    await record_event(session, follow_up, contact_id, follow_up.model_dump(mode="json"))
+
+
+async def follow_ups(session: AsyncSession, event_id: str) -> list[ev.StoreEventIn]:
+    """The internal events that event `event_id` caused and that are not routed yet: route
+    each like a store event, then `mark_routed` it, before marking `event_id` routed."""
+    ids = [follow_up_id(event_id, type) for type in ev.INTERNAL_EVENT_TYPES]
+    rows = await session.scalars(
+        select(StoreEvent)
+        .where(StoreEvent.id.in_(ids), StoreEvent.routed_at.is_(None))
+        .order_by(StoreEvent.occurred_at, StoreEvent.id)
+    )
+    return [ev.stored_event_adapter.validate_python(row.payload) for row in rows]
 
 
 async def _set_consent(
@@ -138,11 +223,14 @@ async def _upsert_products(
 ) -> None:
     """Learn the catalogue from events. A field an event leaves out (a cart line has no stock
     level, often no picture) keeps what an earlier event told us."""
-    columns = ["title", "url", "image_url", "price", "currency"] + (
+    columns = ["title", "url", "image_url", "price", "currency", "category"] + (
         ["in_stock"] if with_stock else []
     )
+    # One row per product (the last line wins): PostgreSQL refuses to upsert a row twice.
+    by_id = {p["id"]: p for p in products}
     rows = [
-        {"id": p["id"], **{c: p.get(c) for c in columns}, "updated_at": utcnow()} for p in products
+        {"id": p["id"], **{c: p.get(c) for c in columns}, "updated_at": utcnow()}
+        for p in by_id.values()
     ]
     if not rows:
         return
@@ -182,7 +270,11 @@ async def _upsert_cart(
         await session.execute(
             _insert(session, CartLine).values(
                 [
-                    {"cart_token": cart.token, "position": i, **line.model_dump()}
+                    {
+                        "cart_token": cart.token,
+                        "position": i,
+                        **line.model_dump(exclude={"category"}),
+                    }
                     for i, line in enumerate(cart.lines)
                 ]
             )
@@ -202,8 +294,14 @@ async def _upsert_cart(
 
 
 async def _insert_order(
-    session: AsyncSession, order: ev.OrderIn, contact_id: int, placed_at: datetime
-) -> None:
+    session: AsyncSession,
+    order: ev.OrderIn,
+    contact_id: int,
+    placed_at: datetime,
+    settings: Settings,
+) -> loyalty.TierChange | None:
+    """Store a new order with its lines, apply its discount code and earn its points; an order
+    already stored (a replay) changes nothing."""
     stmt = (
         _insert(session, Order)
         .values(
@@ -214,18 +312,51 @@ async def _insert_order(
             total=order.total,
             placed_at=placed_at,
             status="placed",
+            discount_code=order.discount_code,
         )
         .on_conflict_do_nothing(index_elements=["id"])
     )
-    if _rowcount(await session.execute(stmt)) and order.lines:
+    if not _rowcount(await session.execute(stmt)):
+        return None
+    if order.lines:
         await session.execute(
             _insert(session, OrderLine).values(
                 [
-                    {"order_id": order.id, "position": i, **line.model_dump()}
+                    {
+                        "order_id": order.id,
+                        "position": i,
+                        **line.model_dump(exclude={"category"}),
+                    }
                     for i, line in enumerate(order.lines)
                 ]
             )
         )
+        await _upsert_products(
+            session,
+            [
+                {"id": line.product_id, "title": line.title, "category": line.category}
+                for line in order.lines
+            ],
+        )
+    if order.discount_code:
+        subtotal = sum((line.price * line.quantity for line in order.lines), start=Decimal(0))
+        await coupons.redeem(
+            session,
+            code=order.discount_code,
+            order_id=order.id,
+            contact_id=contact_id,
+            subtotal=subtotal if order.lines else order.total,
+            currency=order.currency,
+            placed_at=placed_at,
+        )
+    return await loyalty.on_order(
+        session,
+        settings,
+        contact_id=contact_id,
+        order_id=order.id,
+        total=order.total,
+        at=placed_at,
+    )
 
 
 # ---- journeys ------------------------------------------------------------------------------
@@ -318,22 +449,6 @@ async def has_converted(
     if cart_token:
         condition = or_(condition, Order.cart_token == cart_token)
     return bool(await session.scalar(select(exists().where(condition))))
-
-
-async def alternative_products(
-    session: AsyncSession, exclude: Sequence[str], limit: int = 3
-) -> list[Product]:
-    result = await session.scalars(
-        select(Product)
-        .where(
-            Product.in_stock.is_(True),
-            Product.image_url.is_not(None),
-            Product.id.not_in(exclude),
-        )
-        .order_by(Product.updated_at.desc(), Product.id)
-        .limit(limit)
-    )
-    return list(result)
 
 
 async def mark_sent(session: AsyncSession, message_id: str, attempt: int) -> bool:

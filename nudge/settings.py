@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,12 +31,42 @@ class Settings(BaseSettings):
     from_email: str = "Nudge Store <store@nudge.localhost>"
     store_name: str = "Nudge Store"
     store_address: str = "1 Market Street, Lisbon, Portugal"
-    cart_discount_code: str = "COMEBACK10"
-    cart_discount_percent: int = 10
+    store_logo_url: str | None = Field(default=None, description="Logo atop every email")
+    # Unique coupons (nudge/coupons.py): a contact gets the highest percent of their segments.
+    coupon_prefix: str = Field(default="NUDGE", pattern=r"^[A-Z0-9]{1,16}$")
+    coupon_percent: int = Field(default=10, ge=1, le=100)
+    coupon_vip_percent: int = Field(default=20, ge=1, le=100)
+    coupon_segment_percents: dict[str, int] = Field(
+        default_factory=dict, description='Other segments\' percents, JSON: {"lapsed": 15}'
+    )
+    coupon_valid_hours: float = Field(default=24, gt=0)
+    # Loyalty (nudge/loyalty.py): points per currency unit spent, times the tier's multiplier;
+    # tiers by lifetime spend. The two maps are JSON in the environment and name the same tiers.
+    loyalty_points_per_unit: Decimal = Field(default=Decimal(1), ge=0)
+    loyalty_tiers: dict[str, Decimal] = Field(
+        default_factory=lambda: {
+            "bronze": Decimal(0),
+            "silver": Decimal(500),
+            "gold": Decimal(1500),
+        }
+    )
+    loyalty_multipliers: dict[str, Decimal] = Field(
+        default_factory=lambda: {
+            "bronze": Decimal(1),
+            "silver": Decimal("1.25"),
+            "gold": Decimal("1.5"),
+        }
+    )
     time_scale: float = Field(
         default=1.0,
         description="Every flow delay is divided by this; read once when a journey starts.",
     )
+
+    # DKIM signing, on when a selector and a key file are set; the domain defaults to the
+    # From address's.
+    dkim_selector: str | None = None
+    dkim_private_key_file: Path | None = None
+    dkim_domain: str | None = None
 
     @field_validator("time_scale")
     @classmethod
@@ -53,6 +84,34 @@ class Settings(BaseSettings):
                 "sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/db"
             )
         return value
+
+    @field_validator("coupon_segment_percents")
+    @classmethod
+    def _percents(cls, value: dict[str, int]) -> dict[str, int]:
+        if any(not 1 <= percent <= 100 for percent in value.values()):
+            raise ValueError("NUDGE_COUPON_SEGMENT_PERCENTS: every percent is from 1 to 100")
+        return value
+
+    @field_validator("loyalty_tiers")
+    @classmethod
+    def _tiers(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
+        if not value or min(value.values()) != 0:
+            raise ValueError('NUDGE_LOYALTY_TIERS needs a tier from 0, e.g. {"bronze": 0}')
+        if any(not 1 <= len(name) <= 32 for name in value):
+            raise ValueError("NUDGE_LOYALTY_TIERS: tier names are 1 to 32 characters")
+        if any(spend < 0 for spend in value.values()) or len(set(value.values())) < len(value):
+            raise ValueError("NUDGE_LOYALTY_TIERS: thresholds are distinct and not negative")
+        return dict(sorted(value.items(), key=lambda tier: tier[1]))
+
+    @model_validator(mode="after")
+    def _multipliers(self) -> Settings:
+        if set(self.loyalty_multipliers) != set(self.loyalty_tiers):
+            raise ValueError(
+                "NUDGE_LOYALTY_MULTIPLIERS must name exactly the tiers of NUDGE_LOYALTY_TIERS"
+            )
+        if any(m <= 0 for m in self.loyalty_multipliers.values()):
+            raise ValueError("NUDGE_LOYALTY_MULTIPLIERS: every multiplier is greater than 0")
+        return self
 
     @property
     def from_domain(self) -> str:

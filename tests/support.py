@@ -101,8 +101,17 @@ class Stack:
         handle is not one of the test server's auto-skipping ones)."""
         handle = self.temporal.get_workflow_handle(workflow_id, result_type=JourneyState)
         async with self.env.time_skipping_unlocked():  # type: ignore[attr-defined]
-            state: JourneyState = await handle.result()
-        return state
+            # One long poll ends after ~20 s of wall time with nothing; on a loaded machine a
+            # journey can take longer than that, so poll again (bounded).
+            for _ in range(5):
+                try:
+                    state: JourneyState = await handle.result()
+                except RuntimeError as err:
+                    if "No completion event found" not in str(err):
+                        raise
+                else:
+                    return state
+        raise TimeoutError(f"journey {workflow_id} did not finish in 5 long polls")
 
     async def post(self, body: Any, *, key: str | None = None) -> httpx.Response:
         headers = {"Authorization": f"Bearer {key if key is not None else self.settings.api_key}"}

@@ -82,6 +82,9 @@ class Journey:
     exit_goals: ClassVar[Mapping[str, JourneyStatus]] = {}
     #: Store event types that restart the clock of the current wait.
     restart_on: ClassVar[tuple[str, ...]] = ()
+    #: Segment ids whose entry starts a journey of this flow for the contact (keyed by the
+    #: segment id; it begins with a `segment_entered` event).
+    segment_triggers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         self._input: JourneyInput | None = None

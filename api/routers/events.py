@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
-from api.deps import SessionsDep, SettingsDep, TemporalClientDep
+from api.deps import FlowsDep, SessionsDep, SettingsDep, TemporalClientDep
 from api.errors import Invalid, invalid_from
 from api.ingest import Ingestor, IngestResult
 from nudge import events as ev
@@ -57,10 +57,11 @@ async def post_events(
     sessions: SessionsDep,
     client: TemporalClientDep,
     settings: SettingsDep,
+    flows: FlowsDep,
 ) -> IngestResult:
     try:
         body = json.loads(await request.body())
     except ValueError as err:
         raise Invalid(f"the body is not valid JSON: {err}", fields=[]) from None
     batch = parse_events(body)
-    return await Ingestor(sessions, client, settings).ingest(batch)
+    return await Ingestor(sessions, client, settings, flows).ingest(batch)

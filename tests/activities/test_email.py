@@ -1,13 +1,17 @@
 """The send activity alone (Temporal's ActivityEnvironment), on a real database and SMTP server:
-the idempotency protocol of the message log, row by row."""
+the idempotency protocol of the message log, row by row, and the personal content of emails
+(unique coupons, segments, loyalty, locale)."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -24,8 +28,9 @@ from nudge.db import create_engine, session_maker
 from nudge.journeys import SendEmailInput, message_id
 from nudge.mail import Commit, SmtpSender, build_message
 from nudge.mailcatcher import MailCatcher
-from nudge.models import Message
+from nudge.models import Contact, Coupon, Message, Segment, SegmentMember, utcnow
 from nudge.render import TEMPLATES, RenderedEmail, Renderer
+from nudge.segments import ensure_builtin_segments
 from nudge.settings import Settings
 from support import cart_event, new_email, new_id
 
@@ -268,3 +273,226 @@ async def test_template_error_fails_loudly_and_is_logged(
     [row] = await rows(sessions, job(contact_id, token).workflow_id)
     assert (row.status, row.reason) == ("failed", "template_error")
     assert [m for m in mailcatcher.messages if email in m.rcpt_tos] == []
+
+
+# ---- personal content ----------------------------------------------------------------------
+
+CODE = re.compile(r"NUDGE-[23456789ABCDEFGHJKMNPQRSTUVWXYZ]{8}")
+
+
+class Captured(SmtpSender):
+    """Streams the message, then dies at the commit point (as the worker does when SIGKILLed
+    mid-send), keeping what it was asked to send."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings.smtp_host, settings.smtp_port)
+        self.sent: list[EmailMessage] = []
+
+    async def send(self, message: EmailMessage, *, commit: Commit | None = None) -> None:
+        self.sent.append(message)
+
+        async def crash() -> None:
+            raise Crash()
+
+        await super().send(message, commit=crash)
+
+
+def text_of(message: EmailMessage) -> str:
+    part = message.get_body(("plain",))
+    assert part is not None
+    return str(part.get_content())
+
+
+async def coupons_of(sessions: Sessions, contact_id: int) -> list[Coupon]:
+    async with sessions() as session:
+        return list(await session.scalars(select(Coupon).where(Coupon.contact_id == contact_id)))
+
+
+async def make_vip(sessions: Sessions, contact_id: int) -> None:
+    """Put the contact in the built-in `vip` segment (seeding the built-ins first, as the API
+    and the worker do at start, if no one has yet)."""
+    async with sessions.begin() as session:
+        if await session.get(Segment, "vip") is None:
+            await ensure_builtin_segments(session, utcnow())
+        session.add(SegmentMember(segment_id="vip", contact_id=contact_id))
+
+
+async def test_the_third_cart_email_carries_a_unique_coupon_per_contact(
+    sessions: Sessions, settings: Settings, mailcatcher: MailCatcher
+) -> None:
+    sent: list[tuple[int, str, str, str]] = []
+    for _ in range(2):
+        email, token = new_email(), new_id("cart")
+        contact_id = await seed_cart(sessions, email, token)
+        third = job(contact_id, token, step="cart_3")
+        before = utcnow()
+        result = await ActivityEnvironment().run(activities(sessions, settings).send_email, third)
+        assert result.status == "sent"
+        [caught] = [m for m in mailcatcher.messages if email in m.rcpt_tos]
+        assert caught.text is not None and caught.html is not None
+        [code] = set(CODE.findall(caught.text))
+        assert code in caught.html
+        assert caught.subject.startswith("10% off your cart, until ")
+        assert f"Here is 10% off the items in your cart with the code {code}," in caught.text
+        [coupon] = await coupons_of(sessions, contact_id)
+        assert (coupon.code, coupon.kind, coupon.value) == (code, "percent", Decimal(10))
+        assert coupon.source == f"{third.workflow_id}:evt_start:cart_3"
+        assert before + timedelta(hours=24) <= coupon.expires_at <= utcnow() + timedelta(hours=24)
+        sent.append((contact_id, email, token, code))
+    assert sent[0][3] != sent[1][3]
+
+    # The first email carries no coupon, and issues none.
+    contact_id, email, token, _ = sent[0]
+    first = await ActivityEnvironment().run(
+        activities(sessions, settings).send_email, job(contact_id, token)
+    )
+    assert first.status == "sent"
+    [caught] = [m for m in mailcatcher.messages if m.message_id == first.message_id]
+    assert caught.text is not None and "Complete your order" in caught.text
+    assert not CODE.search(caught.text)
+    assert len(await coupons_of(sessions, contact_id)) == 1
+
+
+async def test_a_retried_third_email_shows_the_code_of_the_first_attempt(
+    sessions: Sessions, settings: Settings, mailcatcher: MailCatcher
+) -> None:
+    email, token = new_email(), new_id("cart")
+    contact_id = await seed_cart(sessions, email, token)
+    captured = Captured(settings)
+    with pytest.raises(Crash):
+        await ActivityEnvironment().run(
+            EmailActivities(sessions, captured, settings).send_email,
+            job(contact_id, token, step="cart_3"),
+        )
+    [first_attempt] = captured.sent
+    [shown] = set(CODE.findall(text_of(first_attempt)))
+
+    result = await ActivityEnvironment().run(
+        activities(sessions, settings).send_email, job(contact_id, token, step="cart_3")
+    )
+    assert result.status == "sent"
+    [caught] = [m for m in mailcatcher.messages if email in m.rcpt_tos]
+    assert set(CODE.findall(caught.text or "")) == {shown}
+    assert [c.code for c in await coupons_of(sessions, contact_id)] == [shown]
+
+
+async def test_a_vip_gets_the_higher_percent(
+    sessions: Sessions, settings: Settings, mailcatcher: MailCatcher
+) -> None:
+    email, token = new_email(), new_id("cart")
+    contact_id = await seed_cart(sessions, email, token)
+    await make_vip(sessions, contact_id)
+    result = await ActivityEnvironment().run(
+        activities(sessions, settings).send_email, job(contact_id, token, step="cart_3")
+    )
+    assert result.status == "sent"
+    [caught] = [m for m in mailcatcher.messages if email in m.rcpt_tos]
+    [code] = set(CODE.findall(caught.text or ""))
+    assert caught.subject.startswith("20% off your cart")
+    assert f"Here is 20% off the items in your cart with the code {code}," in (caught.text or "")
+    [coupon] = await coupons_of(sessions, contact_id)
+    assert (coupon.code, coupon.value) == (code, Decimal(20))
+
+
+def personal_cart(email: str, token: str, **contact: Any) -> dict[str, Any]:
+    event = cart_event(email, token)
+    event["contact"] = {"email": email, **contact}
+    return event
+
+
+async def test_emails_speak_the_contacts_locale_and_show_their_loyalty(
+    sessions: Sessions, db_url: str, mailcatcher: MailCatcher
+) -> None:
+    settings = make_settings(db_url, mailcatcher, store_logo_url="https://shop.example/logo.png")
+    email, token = new_email(), new_id("cart")
+    cart = ev.event_adapter.validate_python(
+        personal_cart(email, token, locale="pt-PT", timezone="Europe/Lisbon")
+    )
+    order = ev.event_adapter.validate_python(
+        {
+            "id": new_id("evt"),
+            "type": "order_placed",
+            "occurred_at": "2026-10-01T12:00:00Z",  # before the journey, another cart
+            "contact": {"email": email},
+            "order": {"id": new_id("o"), "currency": "EUR", "total": "1234.00"},
+        }
+    )
+    async with sessions.begin() as session:
+        contact_id = await queries.upsert_contact(session, cart.contact)
+        await queries.apply_event(session, order, contact_id, settings=settings)
+        await queries.apply_event(session, cart, contact_id, settings=settings)
+
+    for step in ("cart_1", "cart_3"):
+        result = await ActivityEnvironment().run(
+            activities(sessions, settings).send_email, job(contact_id, token, step=step)
+        )
+        assert result.status == "sent"
+    first, third = [m for m in mailcatcher.messages if email in m.rcpt_tos]
+    assert first.text is not None and first.html is not None and third.text is not None
+    # No first name known: a friendly fallback, never "Hi ,".
+    assert first.text.startswith("Hi there,\n")
+    # Money and dates as Portuguese write them (a no-break space before the euro sign).
+    assert "- Linen shirt: 49,00\xa0€" in first.text
+    assert re.search(r"valid until \w+-feira, \d+ de \w+ de \d{4}", third.text)
+    # Silver (1234 spent) with 1234 points, in the footer of both parts; the store's logo.
+    assert "Silver member: 1\xa0234 points\n" in first.text
+    assert "Silver member · 1\xa0234 points" in first.html
+    assert '<img src="https://shop.example/logo.png" alt="Nudge Store"' in first.html
+    assert first.text.endswith(f"{settings.public_url}\n")
+
+
+async def test_the_context_holds_segments_loyalty_last_order_and_recommendations(
+    sessions: Sessions, settings: Settings
+) -> None:
+    email, token = new_email(), new_id("cart")
+    contact_id = await seed_cart(sessions, email, token)
+    order_id = new_id("o")
+    order = ev.event_adapter.validate_python(
+        {
+            "id": new_id("evt"),
+            "type": "order_placed",
+            "occurred_at": "2026-10-01T12:00:00Z",
+            "contact": {"email": email},
+            "order": {
+                "id": order_id,
+                "currency": "EUR",
+                "total": "80.00",
+                "lines": [
+                    {"product_id": "p1", "title": "Linen shirt", "price": "40.00", "quantity": 2}
+                ],
+            },
+        }
+    )
+    async with sessions.begin() as session:
+        await queries.apply_event(session, order, contact_id, settings=settings)
+    await make_vip(sessions, contact_id)
+
+    class Everything(Renderer):
+        def variables(self, name: str) -> frozenset[str]:
+            return super().variables(name) | {"recommendations", "last_order", "offer"}
+
+    send = activities(sessions, settings, renderer=Everything())
+    async with sessions.begin() as session:
+        contact = await session.get(Contact, contact_id)
+        assert contact is not None
+        context = await send._context(session, job(contact_id, token), contact, "m@x")
+    assert context["contact"] | {"properties": None} == {
+        "first_name": "Ana",
+        "last_name": None,
+        "email": email,
+        "timezone": "Europe/Lisbon",
+        "locale": None,
+        "properties": None,
+    }
+    assert "vip" in context["segments"] and context["is_vip"] is True
+    assert context["loyalty"]["tier"] == "bronze" and context["loyalty"]["points"] == 80
+    assert context["loyalty"]["next_tier"] == "silver"
+    assert context["loyalty"]["spend_to_next_tier"] == Decimal("420.00")
+    last = context["last_order"]
+    assert (last["id"], last["total"], last["currency"]) == (order_id, Decimal("80.00"), "EUR")
+    assert [(x["product_id"], x["quantity"]) for x in last["lines"]] == [("p1", 2)]
+    assert context["cart"]["total"] == Decimal("49.00")
+    recommended = [r["product_id"] for r in context["recommendations"]]
+    assert "p1" not in recommended  # in the cart and bought
+    assert context["alternatives"] == context["recommendations"]
+    assert context["offer"]["percent"] == 20

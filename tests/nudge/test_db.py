@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from nudge import events as ev
 from nudge import queries
 from nudge.db import create_engine, session_maker
-from nudge.models import Base, Cart, CartLine, Contact, Message, Order, Product
+from nudge.models import Base, Cart, CartLine, Contact, Message, Order
 from support import new_email, new_id
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -299,48 +299,3 @@ async def test_has_converted(sessions: Sessions) -> None:
         assert await queries.has_converted(session, bea, bea_cart, since)
         assert await queries.has_converted(session, bea, None, since)
         assert not await queries.has_converted(session, bea, bea_cart, since + timedelta(minutes=6))
-
-
-async def test_alternative_products(sessions: Sessions) -> None:
-    prefix = new_id("alt")
-    # Far in the future, so these are the most recently updated products in the shared database.
-    base = datetime(2100, 1, 1, tzinfo=UTC)
-
-    def product(name: str, days: int, *, in_stock: bool = True, image: bool = True) -> Product:
-        return Product(
-            id=f"{prefix}_{name}",
-            title=name,
-            url=f"https://shop.example/p/{name}",
-            image_url=f"https://shop.example/img/{name}.jpg" if image else None,
-            price=Decimal("10.00"),
-            currency="EUR",
-            in_stock=in_stock,
-            updated_at=base + timedelta(days=days),
-        )
-
-    async with sessions.begin() as session:
-        session.add_all(
-            [
-                product("excluded", 9),
-                product("sold_out", 8, in_stock=False),
-                product("no_image", 7, image=False),
-                product("a", 6),
-                product("b", 5),
-                product("c", 4),
-                product("d", 3),
-            ]
-        )
-
-    async with sessions() as session:
-        top = await queries.alternative_products(
-            session, [f"{prefix}_excluded", "not-a-product"], limit=3
-        )
-        unfiltered = await queries.alternative_products(session, [], limit=2)
-        mine = [
-            p.id.removeprefix(f"{prefix}_")
-            for p in await queries.alternative_products(session, [f"{prefix}_excluded"], 500)
-            if p.id.startswith(prefix)
-        ]
-    assert [p.id for p in top] == [f"{prefix}_a", f"{prefix}_b", f"{prefix}_c"]
-    assert [p.id for p in unfiltered] == [f"{prefix}_excluded", f"{prefix}_a"]
-    assert mine == ["a", "b", "c", "d"]

@@ -1,0 +1,65 @@
+"""The scheduled refresh of time-based segments, and the journeys their entries start.
+
+Membership that moves with the clock alone (lapsed 30 days, engaged 30 days, RFM) cannot wait for
+an event: `refresh_time_based_segments` recomputes those segments set-based (one transaction),
+then starts the flows that the new entries trigger, in batches, heartbeating. Entries are routed
+through the same outbox as the API's (`segment_changes.routed_at`), so a retry after a crash
+starts what the crashed attempt did not, and nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio import activity
+from temporalio.client import Client
+
+from api.ingest import Ingestor
+from nudge import segments
+from nudge.journeys import SegmentCounts, SegmentRefreshInput, SegmentRefreshResult
+from nudge.models import utcnow
+from nudge.settings import Settings
+from workflows import FLOWS
+from workflows.journey import Journey
+
+log = logging.getLogger(__name__)
+
+ROUTE_BATCH = 200
+
+
+class SegmentActivities:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        client: Client,
+        settings: Settings,
+        flows: Sequence[type[Journey]] = FLOWS,
+    ) -> None:
+        self.sessions = sessions
+        self.client = client
+        self.settings = settings
+        self.flows = tuple(flows)
+
+    @activity.defn(name="refresh_time_based_segments")
+    async def refresh_time_based_segments(self, job: SegmentRefreshInput) -> SegmentRefreshResult:
+        now = job.now or utcnow()
+        router = Ingestor(self.sessions, self.client, self.settings, self.flows)
+        async with self.sessions.begin() as session:
+            counts = await segments.refresh_time_based(
+                session, now, triggers=router.segment_flows.keys()
+            )
+        activity.heartbeat("refreshed")
+        started = 0
+        while journeys := await router.route_segment_entries(limit=ROUTE_BATCH):
+            started += len(journeys)
+            activity.heartbeat(f"{started} journeys started")
+        log.info("time-based segments refreshed at %s: %s; %d journeys", now, counts, started)
+        return SegmentRefreshResult(
+            now=now,
+            segments={
+                sid: SegmentCounts(entered=c.entered, exited=c.exited) for sid, c in counts.items()
+            },
+            journeys_started=started,
+        )

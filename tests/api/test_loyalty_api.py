@@ -1,0 +1,95 @@
+"""A loyalty tier change is an event flows trigger on: an order that lifts a contact into a new
+tier starts the journey of a flow that declares `loyalty_tier_changed` (a test-only flow on a
+real worker), once, and a retried order starts nothing more."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest_asyncio
+from temporalio import workflow
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from activities.email import EmailActivities
+from api.app import create_app
+from conftest import _end_running_journeys, make_settings
+from nudge import events as ev
+from nudge.db import create_engine, session_maker
+from nudge.journeys import JourneyInput, JourneyState, JourneyStatus
+from nudge.mail import SmtpSender
+from nudge.mailcatcher import MailCatcher
+from nudge.models import utcnow
+from support import Stack, new_email, new_id, order_event
+from worker import build_worker
+from workflows.journey import Journey
+
+
+@workflow.defn(name="test_tier_up", sandboxed=False)
+class TierUp(Journey):
+    """Test-only: congratulate a contact on their new loyalty tier."""
+
+    flow = "test_tier_up"
+    triggers = ("loyalty_tier_changed",)
+
+    @workflow.run
+    async def run(self, journey: JourneyInput) -> JourneyState:
+        return await self.play(journey, self.story)
+
+    async def story(self) -> None:
+        await self.wait(hours=1)
+
+    @classmethod
+    def journey_key(cls, event: ev.StoreEventIn) -> str | None:
+        return event.loyalty.new if isinstance(event, ev.LoyaltyTierChanged) else None
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def tier_stack(
+    time_env: WorkflowEnvironment, temporal: Client, db_url: str, mailcatcher: MailCatcher
+) -> AsyncIterator[Stack]:
+    settings = make_settings(db_url, mailcatcher)
+    engine = create_engine(settings.database_url)
+    sessions = session_maker(engine)
+    email = EmailActivities(sessions, SmtpSender(settings.smtp_host, settings.smtp_port), settings)
+    app = create_app(settings, temporal, flows=[TierUp])
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://nudge") as http,
+        build_worker(temporal, settings, email, flows=[TierUp]),
+    ):
+        since = utcnow()
+        yield Stack(settings, temporal, http, sessions, mailcatcher, time_env)
+        await _end_running_journeys(temporal, sessions, since)
+    await engine.dispose()
+
+
+def big_order(email: str, total: str) -> dict[str, Any]:
+    body = order_event(email, new_id("order"))
+    body["order"]["total"] = total
+    body["order"]["lines"] = [
+        {"product_id": "p1", "title": "Linen shirt", "price": total, "quantity": 1}
+    ]
+    return body
+
+
+async def test_a_tier_change_starts_the_flow_that_triggers_on_it(tier_stack: Stack) -> None:
+    stack, email = tier_stack, new_email()
+    first = await stack.post(big_order(email, "100.00"))  # into the lowest tier: no change
+    assert first.json()["results"][0]["journeys"] == []
+
+    lifting = big_order(email, "600.00")  # lifetime 700: silver by the default tiers
+    response = await stack.post(lifting)
+    [wid] = response.json()["results"][0]["journeys"]
+    assert wid.startswith("test_tier_up-") and wid.endswith("-silver")
+
+    again = await stack.post(lifting)
+    assert again.json()["results"][0]["status"] == "duplicate"
+    state = await stack.finish(wid)
+    assert (state.flow, state.key, state.status) == (
+        "test_tier_up",
+        "silver",
+        JourneyStatus.COMPLETED,
+    )
