@@ -338,7 +338,11 @@ async def _insert_order(
                 for line in order.lines
             ],
         )
-    if order.discount_code:
+    # Only Nudge's own codes are checked: a store's other codes (SUMMER10) are none of our
+    # business, while a code with our prefix that we never issued is flagged as refused.
+    if order.discount_code and coupons.normalise(order.discount_code).startswith(
+        f"{coupons.normalise(settings.coupon_prefix)}-"
+    ):
         subtotal = sum((line.price * line.quantity for line in order.lines), start=Decimal(0))
         await coupons.redeem(
             session,

@@ -246,6 +246,10 @@ async def test_another_contacts_code_and_an_unknown_code_are_refused(
     made_up = order_placed(other_email, coupons.new_code("NUDGE"))
     await apply(sessions, made_up, other, settings)
     assert await outcome(sessions, made_up) == (Decimal(0), "refused", "unknown")
+    # A store's own code is not Nudge's to judge: no attempt recorded, nothing flagged.
+    theirs = order_placed(other_email, "SUMMER10")
+    await apply(sessions, theirs, other, settings)
+    assert await outcome(sessions, theirs) == (None, None, None)
 
     # The owner can still use it.
     own = order_placed(owner_email, code)
