@@ -38,6 +38,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from bench.harness import cart_event, free_port
 from nudge.db import create_engine, migrate_async, session_maker
 from nudge.mailcatcher import MailCatcher
 from nudge.models import Message, MessageStatus
@@ -106,14 +107,6 @@ class ChaosReport:
         return "\n".join(lines)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Child:
     """A restartable child process whose output goes to a log file."""
 
@@ -150,30 +143,6 @@ def children(*procs: Child) -> Iterator[None]:
             proc.stop()
 
 
-def cart_body(i: int, run: str) -> dict[str, Any]:
-    token = f"{run}-c{i}"
-    return {
-        "id": f"{run}-cart-{i}",
-        "type": "cart_updated",
-        "occurred_at": "2026-11-23T10:00:00Z",
-        "contact": {"email": email_of(i, run), "first_name": f"Chaos {i}"},
-        "cart": {
-            "token": token,
-            "currency": "EUR",
-            "checkout_url": f"https://shop.example/checkout/{token}",
-            "lines": [
-                {
-                    "product_id": f"p{i % 7}",
-                    "title": "Linen shirt",
-                    "price": "49.00",
-                    "quantity": 1,
-                    "image_url": f"https://shop.example/img/p{i % 7}.jpg",
-                }
-            ],
-        },
-    }
-
-
 def order_body(i: int, run: str) -> dict[str, Any]:
     return {
         "id": f"{run}-order-{i}",
@@ -182,7 +151,7 @@ def order_body(i: int, run: str) -> dict[str, Any]:
         "contact": {"email": email_of(i, run)},
         "order": {
             "id": f"{run}-o{i}",
-            "cart_token": f"{run}-c{i}",
+            "cart_token": cart_event(i, run)["cart"]["token"],
             "currency": "EUR",
             "total": "49.00",
         },
@@ -190,7 +159,7 @@ def order_body(i: int, run: str) -> dict[str, Any]:
 
 
 def email_of(i: int, run: str) -> str:
-    return f"chaos{i}.{run}@example.com"
+    return str(cart_event(i, run)["contact"]["email"])
 
 
 def kind_of(i: int) -> str:
@@ -239,9 +208,9 @@ class Driver:
                     # The order first, as a store that sends events out of order would: the
                     # journey still starts, and the send-time check must stop it before cart_1
                     # however slowly the batch is ingested.
-                    await self.post([order_body(i, self.run), cart_body(i, self.run)])
+                    await self.post([order_body(i, self.run), cart_event(i, self.run)])
                 else:
-                    await self.post(cart_body(i, self.run))
+                    await self.post(cart_event(i, self.run))
 
         await asyncio.gather(*(one(i) for i in range(self.config.journeys)))
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -34,6 +35,8 @@ from nudge.settings import Settings
 from nudge.temporal_dev import SEARCH_ATTRIBUTES, temporal_binary
 from support import Stack
 from worker import build_worker
+from workflows import FLOWS
+from workflows.journey import Journey as JourneyFlow
 
 CI_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
@@ -126,25 +129,37 @@ def make_settings(db_url: str, mail: MailCatcher, **overrides: object) -> Settin
     return Settings(**(values | overrides))  # type: ignore[arg-type]
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def stack(
-    time_env: WorkflowEnvironment, temporal: Client, db_url: str, mailcatcher: MailCatcher
+@asynccontextmanager
+async def open_stack(
+    time_env: WorkflowEnvironment,
+    temporal: Client,
+    db_url: str,
+    mailcatcher: MailCatcher,
+    flows: Sequence[type[JourneyFlow]] = FLOWS,
 ) -> AsyncIterator[Stack]:
-    """API + worker on the time-skipping server: flows run days in milliseconds."""
+    """API + worker for `flows` on the time-skipping server: flows run days in milliseconds."""
     settings = make_settings(db_url, mailcatcher)
     engine = create_engine(settings.database_url)
     sessions = session_maker(engine)
     email = EmailActivities(sessions, SmtpSender(settings.smtp_host, settings.smtp_port), settings)
-    app = create_app(settings, temporal)
+    app = create_app(settings, temporal, flows=flows)
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://nudge") as http,
-        build_worker(temporal, settings, email),
+        build_worker(temporal, settings, email, flows=flows),
     ):
         since = utcnow()
         yield Stack(settings, temporal, http, sessions, mailcatcher, time_env)
         await _end_running_journeys(temporal, sessions, since)
     await engine.dispose()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def stack(
+    time_env: WorkflowEnvironment, temporal: Client, db_url: str, mailcatcher: MailCatcher
+) -> AsyncIterator[Stack]:
+    async with open_stack(time_env, temporal, db_url, mailcatcher) as opened:
+        yield opened
 
 
 async def _end_running_journeys(

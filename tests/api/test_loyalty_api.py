@@ -7,23 +7,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pytest_asyncio
 from temporalio import workflow
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from activities.email import EmailActivities
-from api.app import create_app
-from conftest import _end_running_journeys, make_settings
+from conftest import open_stack
 from nudge import events as ev
-from nudge.db import create_engine, session_maker
 from nudge.journeys import JourneyInput, JourneyState, JourneyStatus
-from nudge.mail import SmtpSender
 from nudge.mailcatcher import MailCatcher
-from nudge.models import utcnow
 from support import Stack, new_email, new_id, order_event
-from worker import build_worker
 from workflows.journey import Journey
 
 
@@ -50,20 +43,8 @@ class TierUp(Journey):
 async def tier_stack(
     time_env: WorkflowEnvironment, temporal: Client, db_url: str, mailcatcher: MailCatcher
 ) -> AsyncIterator[Stack]:
-    settings = make_settings(db_url, mailcatcher)
-    engine = create_engine(settings.database_url)
-    sessions = session_maker(engine)
-    email = EmailActivities(sessions, SmtpSender(settings.smtp_host, settings.smtp_port), settings)
-    app = create_app(settings, temporal, flows=[TierUp])
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://nudge") as http,
-        build_worker(temporal, settings, email, flows=[TierUp]),
-    ):
-        since = utcnow()
-        yield Stack(settings, temporal, http, sessions, mailcatcher, time_env)
-        await _end_running_journeys(temporal, sessions, since)
-    await engine.dispose()
+    async with open_stack(time_env, temporal, db_url, mailcatcher, flows=[TierUp]) as stack:
+        yield stack
 
 
 def big_order(email: str, total: str) -> dict[str, Any]:

@@ -8,24 +8,18 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pytest_asyncio
 from sqlalchemy import select
 from temporalio import workflow
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from activities.email import EmailActivities
-from api.app import create_app
-from conftest import _end_running_journeys, make_settings
-from nudge.db import create_engine, session_maker
+from conftest import open_stack
 from nudge.journeys import JourneyInput, JourneyState, JourneyStatus
-from nudge.mail import SmtpSender
 from nudge.mailcatcher import MailCatcher
 from nudge.models import Journey as JourneyRow
 from nudge.models import SegmentChange, utcnow
 from support import Stack, new_email, new_id, order_event
-from worker import build_worker
 from workflows.journey import Journey
 
 AUTH = {"Authorization": "Bearer test-key"}
@@ -51,20 +45,8 @@ async def vip_stack(
     time_env: WorkflowEnvironment, temporal: Client, db_url: str, mailcatcher: MailCatcher
 ) -> AsyncIterator[Stack]:
     """The stack with one flow only, the test VIP flow, on the API and on the worker."""
-    settings = make_settings(db_url, mailcatcher)
-    engine = create_engine(settings.database_url)
-    sessions = session_maker(engine)
-    email = EmailActivities(sessions, SmtpSender(settings.smtp_host, settings.smtp_port), settings)
-    app = create_app(settings, temporal, flows=[VipWelcome])
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://nudge") as http,
-        build_worker(temporal, settings, email, flows=[VipWelcome]),
-    ):
-        since = utcnow()
-        yield Stack(settings, temporal, http, sessions, mailcatcher, time_env)
-        await _end_running_journeys(temporal, sessions, since)
-    await engine.dispose()
+    async with open_stack(time_env, temporal, db_url, mailcatcher, flows=[VipWelcome]) as stack:
+        yield stack
 
 
 def tagged_event(email: str, tag: str, first_name: str = "Ana", **contact: Any) -> dict[str, Any]:
