@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, distinct, exists, func, literal, select
+from sqlalchemy import ColumnElement, Select, and_, distinct, exists, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -59,6 +60,16 @@ def _eligible(exclude: Exclude) -> ColumnElement[bool]:
     return and_(*conditions)
 
 
+async def _ranked(
+    session: AsyncSession, query: Select[Product, int], score: Any, strategy: str, limit: int
+) -> list[Recommendation]:
+    """One product per row, best score first and then by id, so equal data ranks alike."""
+    rows = await session.execute(
+        query.group_by(Product.id).order_by(score.desc(), Product.id).limit(limit)
+    )
+    return [Recommendation(p, strategy, int(n)) for p, n in rows]
+
+
 async def bought_together(
     session: AsyncSession,
     product_ids: Sequence[str],
@@ -71,7 +82,7 @@ async def bought_together(
         return []
     seed, other = aliased(OrderLine), aliased(OrderLine)
     score = func.count(distinct(other.order_id)).label("score")
-    rows = await session.execute(
+    query = (
         select(Product, score)
         .select_from(seed)
         .join(other, other.order_id == seed.order_id)
@@ -81,11 +92,8 @@ async def bought_together(
             other.product_id.not_in(list(product_ids)),
             _eligible(exclude),
         )
-        .group_by(Product.id)
-        .order_by(score.desc(), Product.id)
-        .limit(limit)
     )
-    return [Recommendation(p, "bought_together", int(n)) for p, n in rows]
+    return await _ranked(session, query, score, "bought_together", limit)
 
 
 async def popular(
@@ -100,7 +108,7 @@ async def popular(
     if limit <= 0:
         return []
     score = func.count(distinct(OrderLine.order_id)).label("score")
-    rows = await session.execute(
+    query = (
         select(Product, score)
         .select_from(OrderLine)
         .join(Order, Order.id == OrderLine.order_id)
@@ -110,11 +118,8 @@ async def popular(
             Order.placed_at <= now,
             _eligible(exclude),
         )
-        .group_by(Product.id)
-        .order_by(score.desc(), Product.id)
-        .limit(limit)
     )
-    return [Recommendation(p, "popular", int(n)) for p, n in rows]
+    return await _ranked(session, query, score, "popular", limit)
 
 
 async def similar(
@@ -129,7 +134,7 @@ async def similar(
         return []
     seed = aliased(Product)
     score = func.count(distinct(seed.id)).label("score")
-    rows = await session.execute(
+    query = (
         select(Product, score)
         .join(seed, seed.category == Product.category)
         .where(
@@ -138,11 +143,8 @@ async def similar(
             Product.id.not_in(list(product_ids)),
             _eligible(exclude),
         )
-        .group_by(Product.id)
-        .order_by(score.desc(), Product.id)
-        .limit(limit)
     )
-    return [Recommendation(p, "similar", int(n)) for p, n in rows]
+    return await _ranked(session, query, score, "similar", limit)
 
 
 async def recommend(
