@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from nudge import personalize, queries
+from nudge import personalize, queries, tokens
 from nudge.journeys import SendEmailInput, SendEmailResult, message_id
 from nudge.mail import SmtpSender, build_message, smtp_code
 from nudge.models import Consent, Contact, Message, MessageStatus
@@ -130,9 +130,26 @@ class EmailActivities:
             to_email=contact.email,
             to_name=contact.first_name,
             message_id=row.message_id,
-            headers={"X-Nudge-Flow": job.flow, "X-Nudge-Step": job.step},
+            headers=self._headers(job, contact, row.message_id),
         )
         return message, row.attempts
+
+    def _headers(self, job: SendEmailInput, contact: Contact, mid: str) -> dict[str, str]:
+        headers = {"X-Nudge-Flow": job.flow, "X-Nudge-Step": job.step}
+        if not job.transactional:
+            # RFC 8058 one-click unsubscribe, which Gmail and Yahoo require of bulk senders.
+            headers["List-Unsubscribe"] = (
+                f"<{self._unsubscribe_url(contact, mid)}>, "
+                f"<mailto:unsubscribe@{self.settings.from_domain}?subject=unsubscribe>"
+            )
+            headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        return headers
+
+    def _unsubscribe_url(self, contact: Contact, mid: str) -> str:
+        token = tokens.sign(
+            self.settings.secret_key, tokens.UNSUBSCRIBE, tokens.TokenClaims(contact.id, mid)
+        )
+        return f"{self.settings.public_url.rstrip('/')}/u/{token}"
 
     async def _smtp_failed(self, job: SendEmailInput, mid: str, err: BaseException) -> None:
         """Log the failure; a 5xx is final (non-retryable), anything else goes back to queued."""
@@ -192,6 +209,7 @@ class EmailActivities:
             "loyalty": await personalize.loyalty_context(session, contact.id, settings),
             "message_id": mid,
             "now": now,
+            "unsubscribe_url": None if job.transactional else self._unsubscribe_url(contact, mid),
         }
         cart = await queries.get_cart(session, job.key)
         cart_ids: list[str] = []

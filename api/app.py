@@ -12,7 +12,7 @@ from temporalio.client import Client
 
 from api import errors
 from api.deps import require_api_key
-from api.routers import contacts, events, segments
+from api.routers import contacts, events, segments, unsubscribe
 from nudge import events as ev
 from nudge.db import create_engine, session_maker
 from nudge.models import utcnow
@@ -59,6 +59,8 @@ def create_app(
     app.include_router(events.router, prefix="/v1", dependencies=[Depends(require_api_key)])
     app.include_router(contacts.router, prefix="/v1", dependencies=[Depends(require_api_key)])
     app.include_router(segments.router, prefix="/v1", dependencies=[Depends(require_api_key)])
+    # Signed links act without a key: the token is the credential.
+    app.include_router(unsubscribe.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

@@ -21,6 +21,13 @@ class NudgeError(Exception):
         self.details = details
 
 
+class BadToken(NudgeError):
+    """A signed link that was forged, altered or is not ours: refused, nothing changes."""
+
+    status_code = 400
+    code = "invalid_token"
+
+
 class Unauthorized(NudgeError):
     status_code = 401
     code = "unauthorized"

@@ -62,6 +62,8 @@ class Settings(BaseSettings):
         description="Every flow delay is divided by this; read once when a journey starts.",
     )
 
+    # Signs the links that act without a login (one-click unsubscribe): set your own.
+    secret_key: str = "dev-secret-change-me"
     # DKIM signing, on when a selector and a key file are set; the domain defaults to the
     # From address's.
     dkim_selector: str | None = None

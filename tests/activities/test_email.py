@@ -438,7 +438,7 @@ async def test_emails_speak_the_contacts_locale_and_show_their_loyalty(
     assert "Silver member: 1\xa0234 points\n" in first.text
     assert "Silver member · 1\xa0234 points" in first.html
     assert '<img src="https://shop.example/logo.png" alt="Nudge Store"' in first.html
-    assert first.text.endswith(f"{settings.public_url}\n")
+    assert f"{settings.public_url}\nUnsubscribe: {settings.public_url}/u/" in first.text
 
 
 async def test_the_context_holds_segments_loyalty_last_order_and_recommendations(
