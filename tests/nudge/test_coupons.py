@@ -4,19 +4,16 @@ through `order_placed` events (expiry, single use, another contact's code, repla
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from nudge import coupons, queries
 from nudge import events as ev
-from nudge.db import create_engine, session_maker
 from nudge.models import Coupon, CouponAttempt, Order
 from nudge.settings import Settings
 from support import new_email, new_id
@@ -25,18 +22,6 @@ Sessions = async_sessionmaker[AsyncSession]
 CODE = re.compile(r"^NUDGE-[23456789ABCDEFGHJKMNPQRSTUVWXYZ]{8}$")
 ISSUED = datetime(2026, 11, 23, 10, tzinfo=UTC)
 EXPIRES = ISSUED + timedelta(hours=24)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(db_url)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-def sessions(engine: AsyncEngine) -> Sessions:
-    return session_maker(engine)
 
 
 @pytest.fixture

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import func, select
@@ -18,23 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from nudge import events as ev
 from nudge import queries
-from nudge.db import create_engine, session_maker
 from nudge.models import Base, Cart, CartLine, Contact, Message, Order
 from support import new_email, new_id
 
 Sessions = async_sessionmaker[AsyncSession]
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(db_url)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-def sessions(engine: AsyncEngine) -> Sessions:
-    return session_maker(engine)
 
 
 async def new_contact(sessions: Sessions) -> int:

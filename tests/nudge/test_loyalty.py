@@ -4,37 +4,22 @@ refunds taking points back, and replays changing nothing."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-import pytest_asyncio
 from pydantic import ValidationError
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from nudge import events as ev
 from nudge import loyalty, queries
-from nudge.db import create_engine, session_maker
 from nudge.models import Contact, LoyaltyEntry, Order
 from nudge.settings import Settings
 from support import new_email, new_id
 
 Sessions = async_sessionmaker[AsyncSession]
 T0 = datetime(2026, 11, 1, 9, tzinfo=UTC)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(db_url)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-def sessions(engine: AsyncEngine) -> Sessions:
-    return session_maker(engine)
 
 
 @pytest.fixture

@@ -5,18 +5,16 @@ has its own products (a unique prefix) and its own 90-day window (`now` years ah
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import update
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from nudge import events as ev
 from nudge import queries, recommend
-from nudge.db import create_engine, session_maker
 from nudge.models import Order, OrderLine, Product
 from nudge.recommend import Exclude, Recommendation
 from support import new_email, new_id
@@ -24,18 +22,6 @@ from support import new_email, new_id
 Sessions = async_sessionmaker[AsyncSession]
 # Each test's window: orders of one test never fall in another's.
 _years = itertools.count(2300)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(db_url)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-def sessions(engine: AsyncEngine) -> Sessions:
-    return session_maker(engine)
 
 
 class World:

@@ -51,18 +51,6 @@ def ago(days: float) -> datetime:
     return NOW - timedelta(days=days)
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(db_url)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-def sessions(engine: AsyncEngine) -> Sessions:
-    return session_maker(engine)
-
-
 @pytest_asyncio.fixture(loop_scope="session", params=["sqlite", "postgres"])
 async def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Sessions]:
     """A database of its own, migrated from nothing, for tests that look at everyone."""
