@@ -102,6 +102,8 @@ class EmailActivities:
                 "flow": job.flow,
                 "contact_id": job.contact_id,
                 "template": job.template,
+                "variant": job.variant,
+                "transactional": job.transactional,
                 "scheduled_at": activity.info().scheduled_time,
             },
         )

@@ -72,6 +72,10 @@ class SendEmailInput(BaseModel):
     key: str
     journey_started_at: datetime
     transactional: bool = False
+    # A/B: the variant the workflow picked (deterministic per contact) and every variant of the
+    # step by name -> template, so the activity can send a recorded winner instead.
+    variant: str | None = None
+    variants: dict[str, str] | None = None
 
 
 class SendEmailResult(BaseModel):

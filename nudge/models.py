@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -255,12 +256,19 @@ class Message(Base):
     reason: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(default=0)
+    # The A/B variant of the step that was sent (None for a step without variants).
+    variant: Mapped[str | None] = mapped_column(String(32))
+    # Transactional mail (order confirmation, shipping) is exempt from consent and smart sending.
+    transactional: Mapped[bool] = mapped_column(default=False, server_default=false())
     # Server time at which the workflow scheduled the send (skipped time in tests).
     scheduled_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]
 
-    __table_args__ = (UniqueConstraint("workflow_id", "trigger_event_id", "step"),)
+    __table_args__ = (
+        UniqueConstraint("workflow_id", "trigger_event_id", "step"),
+        Index("ix_messages_contact_sent", "contact_id", "sent_at"),
+    )
 
 
 class Segment(Base):
