@@ -21,10 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from nudge import personalize, queries, tokens
+from nudge import personalize, queries, suppression, tokens
 from nudge.journeys import SendEmailInput, SendEmailResult, message_id
 from nudge.mail import SmtpSender, build_message, smtp_code
-from nudge.models import Consent, Contact, Message, MessageStatus
+from nudge.models import Contact, Message, MessageStatus
 from nudge.render import Renderer, TemplateProblem
 from nudge.settings import Settings
 
@@ -177,10 +177,14 @@ class EmailActivities:
     ) -> str | None:
         """Flow filters, re-checked from the database before every message: a signal that never
         reached the journey must still stop it."""
+        # Suppression list, consent, double opt-in and topics (nudge/suppression.py).
+        blocked = await suppression.skip_reason(
+            session, contact, transactional=job.transactional, topic=job.topic
+        )
+        if blocked:
+            return blocked
         if job.transactional:
             return None
-        if contact.consent == Consent.UNSUBSCRIBED:
-            return "unsubscribed"
         if job.flow == "cart_abandonment":
             if await queries.has_converted(session, contact.id, job.key, job.journey_started_at):
                 return "converted"

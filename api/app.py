@@ -12,7 +12,15 @@ from temporalio.client import Client
 
 from api import errors
 from api.deps import require_api_key
-from api.routers import contacts, events, segments, unsubscribe
+from api.routers import (
+    contacts,
+    events,
+    preferences,
+    segments,
+    suppressions,
+    unsubscribe,
+    webhooks,
+)
 from nudge import events as ev
 from nudge.db import create_engine, session_maker
 from nudge.models import utcnow
@@ -61,6 +69,10 @@ def create_app(
     app.include_router(segments.router, prefix="/v1", dependencies=[Depends(require_api_key)])
     # Signed links act without a key: the token is the credential.
     app.include_router(unsubscribe.router)
+    # Deliverability (README "Deliverability and consent"): each authenticates its own way.
+    app.include_router(suppressions.router, prefix="/v1", dependencies=[Depends(require_api_key)])
+    app.include_router(preferences.router)
+    app.include_router(webhooks.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

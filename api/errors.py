@@ -34,6 +34,13 @@ class Unauthorized(NudgeError):
     headers = {"WWW-Authenticate": "Bearer"}
 
 
+class Refused(NudgeError):
+    """A webhook call that is unsigned or badly signed: 401, nothing changes."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
 class NotFound(NudgeError):
     status_code = 404
     code = "not_found"

@@ -22,8 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from nudge import consent, queries, segments
 from nudge import events as ev
-from nudge import queries, segments
 from nudge.journeys import JourneyEvent, JourneyInput, workflow_id
 from nudge.models import utcnow
 from nudge.settings import Settings
@@ -99,6 +99,10 @@ class Ingestor:
         journeys = await self.route(event, contact_id) if current else []
         # Also on a retry: the entries a crash left unrouted.
         journeys += await self.route_segment_entries(contact_id)
+        if isinstance(event, ev.CustomerSubscribed) and self.settings.double_opt_in:
+            await consent.send_confirmation_if_pending(
+                self.sessions, self.settings, contact_id, event.id
+            )
         # Events Nudge derived from this one (a loyalty tier change), stored with it so a
         # crash here delays them but cannot lose them.
         async with self.sessions() as session:

@@ -22,9 +22,12 @@ from pydantic import (
     EmailStr,
     Field,
     HttpUrl,
+    IPvAnyAddress,
     TypeAdapter,
     WithJsonSchema,
 )
+
+from nudge import hygiene
 
 MAX_BATCH = 500
 
@@ -100,7 +103,8 @@ MAX_TAGS = 50
 
 
 class ContactIn(_Model):
-    email: EmailStr
+    # Syntax checked without DNS; role and reserved addresses refused (nudge/hygiene.py).
+    email: Annotated[EmailStr, AfterValidator(hygiene.check_address)]
     first_name: Name | None = None
     last_name: Name | None = None
     timezone: Annotated[str, AfterValidator(_timezone)] | None = None
@@ -195,6 +199,8 @@ class _Envelope(_Model):
 class CustomerSubscribed(_Envelope):
     type: Literal["customer_subscribed"]
     source: Annotated[str, Field(max_length=100)] | None = None
+    # Where the subscription came from, kept as proof of consent (consent_records).
+    ip: IPvAnyAddress | None = None
 
 
 class CustomerUnsubscribed(_Envelope):

@@ -72,6 +72,8 @@ class SendEmailInput(BaseModel):
     key: str
     journey_started_at: datetime
     transactional: bool = False
+    # The preference-page topic a marketing email belongs to (README "Deliverability").
+    topic: str = "promotions"
     # A/B: the variant the workflow picked (deterministic per contact) and every variant of the
     # step by name -> template, so the activity can send a recorded winner instead.
     variant: str | None = None

@@ -72,6 +72,8 @@ class Consent(enum.StrEnum):
     # A customer who gave their address at checkout: soft opt-in, may be sent cart reminders.
     IMPLIED = "implied"
     UNSUBSCRIBED = "unsubscribed"
+    # Subscribed under double opt-in but has not clicked the confirmation link yet.
+    PENDING = "pending"
 
 
 class MessageStatus(enum.StrEnum):
@@ -392,3 +394,54 @@ class MessageEvent(Base):
     machine: Mapped[bool] = mapped_column(default=False)
 
     __table_args__ = (Index(None, "contact_id", "kind", "at"),)
+
+
+# ---- deliverability and consent (README "Deliverability and consent") -------------------------
+
+
+class Suppression(Base):
+    """An address Nudge must not email for marketing (or at all, see nudge/suppression.py):
+    one row per contact and reason, kept until removed through the API."""
+
+    __tablename__ = "suppressions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    email: Mapped[str] = mapped_column(String(320), index=True)
+    # hard_bounce | soft_bounce | complaint | unsubscribe | manual | sunset
+    reason: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(32))  # ses | sendgrid | postmark | api | ...
+    details: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("contact_id", "reason"),)
+
+
+class TopicPreference(Base):
+    """A contact's choice for one topic (newsletters, promotions, sms) on the preference page."""
+
+    __tablename__ = "topic_preferences"
+
+    contact_id: Mapped[int] = mapped_column(
+        ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True
+    )
+    topic: Mapped[str] = mapped_column(String(32), primary_key=True)
+    subscribed: Mapped[bool]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ConsentRecord(Base):
+    """Proof of consent: every change, with its time, source and the IP it came from."""
+
+    __tablename__ = "consent_records"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    # subscribed | pending | confirmed | unsubscribed | topics
+    action: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(100))
+    ip: Mapped[str | None] = mapped_column(String(45))
+    details: Mapped[dict[str, Any] | None]
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index(None, "contact_id", "at"),)

@@ -12,7 +12,7 @@ from sqlalchemy import JSON, and_, cast, delete, exists, func, or_, select, upda
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nudge import coupons, loyalty
+from nudge import consent, coupons, loyalty
 from nudge import events as ev
 from nudge.models import (
     Cart,
@@ -163,9 +163,9 @@ async def apply_event(
         case ev.ProductViewed(product=product):
             await _upsert_products(session, [product.model_dump()], with_stock=True)
         case ev.CustomerSubscribed():
-            await _set_consent(session, contact_id, Consent.SUBSCRIBED, event.occurred_at)
+            await consent.on_subscribed(session, settings, event, contact_id)
         case ev.CustomerUnsubscribed():
-            await _set_consent(session, contact_id, Consent.UNSUBSCRIBED, event.occurred_at)
+            await consent.on_unsubscribed(session, event, contact_id)
     if change is not None:
         await _record_follow_up(
             session,
@@ -205,17 +205,6 @@ async def follow_ups(session: AsyncSession, event_id: str) -> list[ev.StoreEvent
         .order_by(StoreEvent.occurred_at, StoreEvent.id)
     )
     return [ev.stored_event_adapter.validate_python(row.payload) for row in rows]
-
-
-async def _set_consent(
-    session: AsyncSession, contact_id: int, consent: Consent, at: datetime
-) -> None:
-    await session.execute(
-        update(Contact)
-        .where(Contact.id == contact_id)
-        .where(or_(Contact.consent_updated_at.is_(None), Contact.consent_updated_at <= at))
-        .values(consent=consent, consent_updated_at=at)
-    )
 
 
 async def _upsert_products(

@@ -70,6 +70,21 @@ class Settings(BaseSettings):
     dkim_private_key_file: Path | None = None
     dkim_domain: str | None = None
 
+    # Deliverability and consent (README "Deliverability and consent").
+    double_opt_in: bool = Field(
+        default=False, description="Subscribers must confirm by email before any marketing"
+    )
+    # Amazon SES through SNS: only certificates from this URL pattern are trusted (tests
+    # point it at a local server); an empty topic list accepts any topic.
+    sns_cert_url_pattern: str = r"^https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[^?#]+\.pem$"
+    ses_topic_arns: list[str] = Field(default_factory=list)
+    # SendGrid signed event webhook: the verification key (base64 DER) from SendGrid's settings.
+    sendgrid_webhook_public_key: str | None = None
+    sendgrid_webhook_max_age: float = Field(default=600, gt=0, description="Seconds")
+    # Postmark signs nothing: its webhook URL carries HTTP basic credentials, checked here.
+    postmark_webhook_user: str | None = None
+    postmark_webhook_password: str | None = None
+
     @field_validator("time_scale")
     @classmethod
     def _positive_scale(cls, value: float) -> float:

@@ -13,6 +13,8 @@ import hmac
 from dataclasses import dataclass
 
 UNSUBSCRIBE = "unsubscribe"
+# Double opt-in: the confirmation link.
+CONFIRM = "confirm"
 
 
 class InvalidToken(Exception):

@@ -57,6 +57,7 @@ TERMINAL_SKIPS: Mapping[str, JourneyStatus] = {
     "converted": JourneyStatus.CONVERTED,
     "unsubscribed": JourneyStatus.EXITED,
     "cart_emptied": JourneyStatus.EXITED,
+    "suppressed": JourneyStatus.EXITED,
 }
 
 
@@ -159,7 +160,12 @@ class Journey:
                 raise JourneyExit()
 
     async def send(
-        self, step: str, *, template: str | None = None, transactional: bool = False
+        self,
+        step: str,
+        *,
+        template: str | None = None,
+        transactional: bool = False,
+        topic: str = "promotions",
     ) -> bool:
         """Send one email; returns whether it went out (False if skipped or failed)."""
         if self._exit is not None:
@@ -182,6 +188,7 @@ class Journey:
                     key=self.input.key,
                     journey_started_at=state.started_at or info.start_time,
                     transactional=transactional,
+                    topic=topic,
                 ),
                 start_to_close_timeout=SEND_ATTEMPT_TIMEOUT,
                 schedule_to_close_timeout=deadline,

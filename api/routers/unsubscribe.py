@@ -24,7 +24,7 @@ from nudge.settings import Settings
 router = APIRouter(tags=["unsubscribe"])
 
 
-def _page(settings: Settings, title: str, body: str) -> HTMLResponse:
+def page(settings: Settings, title: str, body: str) -> HTMLResponse:
     return HTMLResponse(
         f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{escape(title)}</title>"
         "<meta name=viewport content='width=device-width, initial-scale=1'></head>"
@@ -33,7 +33,7 @@ def _page(settings: Settings, title: str, body: str) -> HTMLResponse:
     )
 
 
-async def _contact(sessions: SessionsDep, settings: Settings, token: str) -> tuple[Contact, str]:
+async def contact_of(sessions: SessionsDep, settings: Settings, token: str) -> tuple[Contact, str]:
     try:
         claims = tokens.verify(settings.secret_key, tokens.UNSUBSCRIBE, token)
     except tokens.InvalidToken:
@@ -45,19 +45,15 @@ async def _contact(sessions: SessionsDep, settings: Settings, token: str) -> tup
     return contact, claims.message_id
 
 
-@router.get("/u/{token}", response_class=HTMLResponse, summary="Unsubscribe page")
+@router.get("/u/{token}", response_class=HTMLResponse, summary="Preference page")
 async def unsubscribe_page(
     token: str, sessions: SessionsDep, settings: SettingsDep
 ) -> HTMLResponse:
-    contact, _ = await _contact(sessions, settings, token)
-    return _page(
-        settings,
-        "Unsubscribe",
-        f"<p>Stop marketing emails to {escape(contact.email)}? Order confirmations and shipping "
-        "updates will still reach you.</p>"
-        f"<form method=post action='/u/{escape(token)}'>"
-        "<button type=submit>Unsubscribe</button></form>",
-    )
+    # The footer link: the preference page (api/routers/preferences.py).
+    from api.routers.preferences import preference_page
+
+    contact, _ = await contact_of(sessions, settings, token)
+    return await preference_page(sessions, settings, contact, token)
 
 
 @router.post("/u/{token}", response_class=HTMLResponse, summary="One-click unsubscribe")
@@ -68,7 +64,7 @@ async def unsubscribe(
     settings: SettingsDep,
     flows: FlowsDep,
 ) -> HTMLResponse:
-    contact, message_id = await _contact(sessions, settings, token)
+    contact, message_id = await contact_of(sessions, settings, token)
     event = ev.CustomerUnsubscribed(
         id=f"unsubscribe:{message_id}",
         type="customer_unsubscribed",
@@ -78,7 +74,7 @@ async def unsubscribe(
     await Ingestor(sessions, client, settings, flows).ingest_one(
         event, event.model_dump(mode="json", exclude_unset=True)
     )
-    return _page(
+    return page(
         settings,
         "You are unsubscribed",
         f"<p>{escape(contact.email)} will get no more marketing emails from us.</p>",

@@ -1,0 +1,126 @@
+"""Provider webhooks: bounces and complaints from Amazon SES (through SNS), SendGrid and
+Postmark. No API key: each call is authenticated the provider's way (nudge/webhooks.py), and
+one that is not is refused with 401 before anything changes.
+
+A report is logged against its message (`message_events`) and updates the suppression list; a
+complaint also unsubscribes the contact through event ingestion (a `customer_unsubscribed`), so
+their running journeys exit at once, as a one-click unsubscribe does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from fastapi import APIRouter, Request
+
+from api.deps import FlowsDep, SessionsDep, SettingsDep, TemporalClientDep
+from api.errors import Invalid, Refused
+from api.ingest import Ingestor
+from nudge import events as ev
+from nudge import suppression, webhooks
+from nudge.models import Contact, utcnow
+from nudge.suppression import Feedback
+
+router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+
+
+def _refuse(err: webhooks.Forged) -> Refused:
+    return Refused(f"webhook refused: {err}")
+
+
+async def _apply(
+    feedback: Iterable[Feedback],
+    sessions: SessionsDep,
+    client: TemporalClientDep,
+    settings: SettingsDep,
+    flows: FlowsDep,
+) -> dict[str, int | str]:
+    outcomes = []
+    async with sessions.begin() as session:
+        for item in feedback:
+            outcomes.append(await suppression.record_feedback(session, item))
+    for outcome in outcomes:
+        if outcome.suppressed != "complaint" or outcome.contact_id is None:
+            continue
+        async with sessions() as session:
+            contact = await session.get(Contact, outcome.contact_id)
+        assert contact is not None
+        event = ev.CustomerUnsubscribed(
+            id=f"complaint:{contact.id}",
+            type="customer_unsubscribed",
+            occurred_at=utcnow(),
+            contact=ev.ContactIn.model_construct(email=contact.email),
+        )
+        await Ingestor(sessions, client, settings, flows).ingest_one(
+            event, event.model_dump(mode="json", exclude_unset=True)
+        )
+    return {
+        "received": len(outcomes),
+        "known": sum(o.contact_id is not None for o in outcomes),
+        "suppressed": sum(o.suppressed is not None for o in outcomes),
+    }
+
+
+@router.post("/ses", summary="Amazon SES bounces and complaints, through SNS")
+async def ses(
+    request: Request,
+    sessions: SessionsDep,
+    client: TemporalClientDep,
+    settings: SettingsDep,
+    flows: FlowsDep,
+) -> dict[str, int | str]:
+    message = webhooks.loads(await request.body())
+    if not isinstance(message, dict):
+        raise _refuse(webhooks.Forged("not an SNS message"))
+    fetch = getattr(request.app.state, "fetch", None) or webhooks.http_get
+    try:
+        await webhooks.verify_sns(message, settings, fetch)
+        if message["Type"] == "SubscriptionConfirmation":
+            await fetch(webhooks.subscribe_url(message))
+            return {"status": "subscribed"}
+    except webhooks.Forged as err:
+        raise _refuse(err) from None
+    if message["Type"] != "Notification":
+        return {"status": "ignored"}
+    notification = webhooks.loads(str(message.get("Message", "")).encode())
+    if not isinstance(notification, dict):
+        raise Invalid("Message: not an SES notification (JSON)", fields=[{"field": "Message"}])
+    return await _apply(webhooks.ses_feedback(notification), sessions, client, settings, flows)
+
+
+@router.post("/sendgrid", summary="SendGrid signed event webhook")
+async def sendgrid(
+    request: Request,
+    sessions: SessionsDep,
+    client: TemporalClientDep,
+    settings: SettingsDep,
+    flows: FlowsDep,
+) -> dict[str, int | str]:
+    body = await request.body()
+    try:
+        webhooks.verify_sendgrid(
+            settings,
+            body,
+            request.headers.get(webhooks.SENDGRID_SIGNATURE),
+            request.headers.get(webhooks.SENDGRID_TIMESTAMP),
+        )
+    except webhooks.Forged as err:
+        raise _refuse(err) from None
+    events = webhooks.loads(body)
+    return await _apply(webhooks.sendgrid_feedback(events), sessions, client, settings, flows)
+
+
+@router.post("/postmark", summary="Postmark bounce, spam complaint and delivery webhooks")
+async def postmark(
+    request: Request,
+    sessions: SessionsDep,
+    client: TemporalClientDep,
+    settings: SettingsDep,
+    flows: FlowsDep,
+) -> dict[str, int | str]:
+    try:
+        webhooks.verify_postmark(settings, request.headers.get("Authorization"))
+    except webhooks.Forged as err:
+        raise _refuse(err) from None
+    record = webhooks.loads(await request.body())
+    return await _apply(webhooks.postmark_feedback(record), sessions, client, settings, flows)
