@@ -15,7 +15,13 @@ from jinja2 import TemplateSyntaxError
 
 from nudge.render import TEMPLATES, Renderer, TemplateProblem
 
-EMAILS = sorted(p.stem for p in TEMPLATES.glob("*.html") if not p.name.startswith("_"))
+# The cart emails (the context below is a cart's); every shipped template is rendered for a
+# sample contact by tests/nudge/test_spamcheck.py.
+EMAILS = sorted(
+    p.stem
+    for p in TEMPLATES.glob("*.html")
+    if not p.name.startswith("_") and "_cart_items" in p.read_text()
+)
 
 
 def context(**changes: Any) -> dict[str, Any]:
@@ -102,7 +108,7 @@ def renderer() -> Renderer:
 
 
 def test_the_shipped_templates_are_inlined_at_load(renderer: Renderer) -> None:
-    assert EMAILS == ["cart_1", "cart_2", "cart_3"]
+    assert {"cart_1", "cart_2", "cart_3"} <= set(EMAILS)
     assert renderer.css_inlined_at_load
 
 
