@@ -89,7 +89,9 @@ class Ingestor:
                 contact_id = await queries.upsert_contact(session, event.contact)
                 if not await queries.record_event(session, event, contact_id, raw):
                     return EventResult(id=event.id, status="duplicate")  # lost a race to a twin
-                current = await queries.apply_event(session, event, contact_id)
+                current = await queries.apply_event(
+                    session, event, contact_id, settings=self.settings
+                )
                 await segments.refresh_contact(
                     session, contact_id, utcnow(), triggers=self.segment_flows.keys()
                 )

@@ -97,9 +97,7 @@ def sns_server() -> Iterator[SnsServer]:
     thread.start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        yield SnsServer(
-            base, f"{base}/SimpleNotificationService-{uuid.uuid4().hex}.pem", key, gets
-        )
+        yield SnsServer(base, f"{base}/SimpleNotificationService-{uuid.uuid4().hex}.pem", key, gets)
     finally:
         server.shutdown()
         server.server_close()

@@ -11,10 +11,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from webhook_support import SendGridKey, SnsServer, ses_bounce, ses_complaint, sns_server
 
 from nudge import webhooks
 from nudge.settings import Settings
-from webhook_support import SendGridKey, SnsServer, ses_bounce, ses_complaint, sns_server
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,9 @@ async def test_the_subscribe_url_must_be_on_the_certificate_host(sns: SnsServer)
             "Timestamp": "2026-11-24T10:00:00Z",
         }
     )
-    await webhooks.verify_sns(message, settings(sns_cert_url_pattern=sns.pattern), webhooks.http_get)
+    await webhooks.verify_sns(
+        message, settings(sns_cert_url_pattern=sns.pattern), webhooks.http_get
+    )
     with pytest.raises(webhooks.Forged):
         webhooks.subscribe_url(message)
 
