@@ -97,14 +97,17 @@ class Ingestor:
                 )
             else:
                 contact_id = known.contact_id
+        if isinstance(event, ev.CustomerSubscribed) and self.settings.double_opt_in:
+            # Double opt-in: the subscription reaches flows only once confirmed (api/routers/
+            # preferences.py ingests it again then); until then, the confirmation email.
+            if await consent.send_confirmation_if_pending(
+                self.sessions, self.settings, contact_id, event.id
+            ):
+                current = False
         # A stale snapshot (older than what is stored) is kept as history but moves no journey.
         journeys = await self.route(event, contact_id) if current else []
         # Also on a retry: the entries a crash left unrouted.
         journeys += await self.route_segment_entries(contact_id)
-        if isinstance(event, ev.CustomerSubscribed) and self.settings.double_opt_in:
-            await consent.send_confirmation_if_pending(
-                self.sessions, self.settings, contact_id, event.id
-            )
         # Events Nudge derived from this one (a loyalty tier change), stored with it so a
         # crash here delays them but cannot lose them.
         async with self.sessions() as session:

@@ -20,9 +20,11 @@ from fastapi.responses import HTMLResponse
 
 from api.deps import FlowsDep, SessionsDep, SettingsDep, TemporalClientDep
 from api.errors import BadToken
+from api.ingest import Ingestor
 from api.routers import unsubscribe
 from nudge import consent, suppression, tokens
-from nudge.models import Consent, Contact
+from nudge import events as ev
+from nudge.models import Consent, Contact, utcnow
 from nudge.settings import Settings
 
 router = APIRouter(tags=["unsubscribe"])
@@ -99,7 +101,9 @@ async def save_preferences(
     return await preference_page(sessions, settings, contact, token, saved=True)
 
 
-async def _confirm_claims(sessions: SessionsDep, settings: Settings, token: str) -> Contact:
+async def _confirm_claims(
+    sessions: SessionsDep, settings: Settings, token: str
+) -> tuple[Contact, str]:
     try:
         claims = tokens.verify(settings.secret_key, tokens.CONFIRM, token)
     except tokens.InvalidToken:
@@ -108,12 +112,12 @@ async def _confirm_claims(sessions: SessionsDep, settings: Settings, token: str)
         contact = await session.get(Contact, claims.contact_id)
     if contact is None:
         raise BadToken("this confirmation link is not valid")
-    return contact
+    return contact, claims.message_id
 
 
 @router.get("/c/{token}", response_class=HTMLResponse, summary="Confirm subscription page")
 async def confirm_page(token: str, sessions: SessionsDep, settings: SettingsDep) -> HTMLResponse:
-    contact = await _confirm_claims(sessions, settings, token)
+    contact, _ = await _confirm_claims(sessions, settings, token)
     if contact.consent == Consent.SUBSCRIBED:
         return unsubscribe.page(settings, "You are subscribed", "<p>Nothing more to do.</p>")
     return unsubscribe.page(
@@ -127,14 +131,31 @@ async def confirm_page(token: str, sessions: SessionsDep, settings: SettingsDep)
 
 @router.post("/c/{token}", response_class=HTMLResponse, summary="Confirm subscription")
 async def confirm(
-    token: str, request: Request, sessions: SessionsDep, settings: SettingsDep
+    token: str,
+    request: Request,
+    sessions: SessionsDep,
+    client: TemporalClientDep,
+    settings: SettingsDep,
+    flows: FlowsDep,
 ) -> HTMLResponse:
-    contact = await _confirm_claims(sessions, settings, token)
+    contact, message_id = await _confirm_claims(sessions, settings, token)
     async with sessions.begin() as session:
         current = await session.get(Contact, contact.id)
         assert current is not None
         confirmed = await consent.confirm(session, current, ip=_ip(request))
     if confirmed or contact.consent == Consent.SUBSCRIBED:
+        # Now the subscription counts: flows triggered by `customer_subscribed` (a welcome
+        # series) start. Its id is the link's, so a second click starts nothing new.
+        event = ev.CustomerSubscribed(
+            id=f"confirmed:{message_id}"[:128],
+            type="customer_subscribed",
+            occurred_at=utcnow(),
+            contact=ev.ContactIn.model_construct(email=contact.email),
+            source="double_opt_in",
+        )
+        await Ingestor(sessions, client, settings, flows).ingest_one(
+            event, event.model_dump(mode="json", exclude_unset=True)
+        )
         return unsubscribe.page(
             settings,
             "You are subscribed",

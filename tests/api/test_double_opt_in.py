@@ -5,15 +5,45 @@ source and IP."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from sqlalchemy import select
+from temporalio import workflow
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
 
+from conftest import open_stack
+from nudge import events as ev
+from nudge.journeys import JourneyInput, JourneyState
+from nudge.mailcatcher import MailCatcher
 from nudge.models import ConsentRecord, Contact
 from support import Stack, cart_event, new_email, new_id
+from workflows.journey import Journey
+
+
+@workflow.defn(name="test_welcome", sandboxed=False)
+class Welcome(Journey):
+    """Test-only: a welcome email for every new subscriber."""
+
+    flow = "test_welcome"
+    triggers = ("customer_subscribed",)
+
+    @workflow.run
+    async def run(self, journey: JourneyInput) -> JourneyState:
+        return await self.play(journey, self.story)
+
+    async def story(self) -> None:
+        await self.send("welcome", template="cart_1")
+
+    @classmethod
+    def journey_key(cls, event: ev.StoreEventIn) -> str | None:
+        # Keyed by the address's local part, which the test also uses as a cart token, so the
+        # cart template has a cart to show.
+        return event.contact.email.split("@")[0]
 
 
 @pytest.fixture
@@ -117,3 +147,32 @@ async def test_without_double_opt_in_a_subscription_is_at_once(stack: Stack) -> 
     contact, records = await contact_of(stack, email)
     assert contact.consent == "subscribed" and stack.mail_to(email) == []
     assert [(r.action, r.source, r.ip) for r in records] == [("subscribed", "footer_form", None)]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def welcome_stack(
+    time_env: WorkflowEnvironment, temporal: Client, db_url: str, mailcatcher: MailCatcher
+) -> AsyncIterator[Stack]:
+    async with open_stack(time_env, temporal, db_url, mailcatcher, flows=[Welcome]) as stack:
+        stack.settings.double_opt_in = True
+        yield stack
+
+
+async def test_flows_see_the_subscription_only_once_confirmed(welcome_stack: Stack) -> None:
+    stack, email = welcome_stack, new_email()
+    key = email.split("@")[0]
+    await stack.post(cart_event(email, key))
+    response = await stack.post(subscribed(email))
+    assert response.json()["results"][0]["journeys"] == []  # held until confirmed
+    [confirmation] = stack.mail_to(email)
+    assert confirmation.html is not None
+    [url] = set(re.findall(r'href="(https?://[^"]+/c/[^"]+)"', confirmation.html))
+    path = "/" + url.split("/", 3)[3]
+    assert (await stack.http.post(path)).status_code == 200
+    contact, _ = await contact_of(stack, email)
+    state = await stack.finish(f"test_welcome-{contact.id}-{key}")
+    assert [e.status for e in state.emails] == ["sent"]
+    assert len(stack.mail_to(email)) == 2
+    # A second click starts nothing more.
+    assert (await stack.http.post(path)).status_code == 200
+    assert len(stack.mail_to(email)) == 2
