@@ -105,6 +105,8 @@ async def confirm(session: AsyncSession, contact: Contact, *, ip: str | None) ->
     now = utcnow()
     if not await _set(session, contact.id, Consent.SUBSCRIBED, now):
         return False
+    # A contact who had unsubscribed and subscribed again is off the list once confirmed.
+    await suppression.remove(session, contact.id, "unsubscribe")
     record(session, contact.id, "confirmed", source="double_opt_in", ip=ip, at=now)
     return True
 

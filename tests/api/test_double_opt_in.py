@@ -176,3 +176,31 @@ async def test_flows_see_the_subscription_only_once_confirmed(welcome_stack: Sta
     # A second click starts nothing more.
     assert (await stack.http.post(path)).status_code == 200
     assert len(stack.mail_to(email)) == 2
+
+
+async def test_an_unsubscribed_contact_resubscribes_through_confirmation(
+    stack: Stack, double_opt_in: None
+) -> None:
+    email = new_email()
+    await stack.post(cart_event(email, new_id("cart")))
+    unsubscribe = subscribed(email) | {"id": new_id("evt"), "type": "customer_unsubscribed"}
+    unsubscribe["occurred_at"] = "2026-11-23T09:30:00Z"
+    await stack.post(unsubscribe)
+    assert (await contact_of(stack, email))[0].consent == "unsubscribed"
+    again = subscribed(email) | {"occurred_at": "2026-11-23T10:00:00Z"}
+    await stack.post(again)
+    assert (await contact_of(stack, email))[0].consent == "pending"
+    [confirmation] = stack.mail_to(email)
+    assert confirmation.html is not None
+    [url] = set(re.findall(r'href="(https?://[^"]+/c/[^"]+)"', confirmation.html))
+    assert (await stack.http.post("/" + url.split("/", 3)[3])).status_code == 200
+    response = await stack.post(cart_event(email, new_id("cart")))
+    assert len(response.json()["results"][0]["journeys"]) == 1
+    await stack.env.sleep(timedelta(hours=3))
+    assert len(stack.mail_to(email)) == 2  # the confirmation and the first cart email
+    contact, records = await contact_of(stack, email)
+    assert [r.action for r in records] == ["unsubscribed", "pending", "confirmed"]
+    listed = await stack.http.get(
+        f"/v1/contacts/{email}/suppressions", headers={"Authorization": "Bearer test-key"}
+    )
+    assert listed.json()["suppressions"] == []
