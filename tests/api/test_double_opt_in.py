@@ -198,7 +198,7 @@ async def test_an_unsubscribed_contact_resubscribes_through_confirmation(
     assert len(response.json()["results"][0]["journeys"]) == 1
     await stack.env.sleep(timedelta(hours=3))
     assert len(stack.mail_to(email)) == 2  # the confirmation and the first cart email
-    contact, records = await contact_of(stack, email)
+    _, records = await contact_of(stack, email)
     assert [r.action for r in records] == ["unsubscribed", "pending", "confirmed"]
     listed = await stack.http.get(
         f"/v1/contacts/{email}/suppressions", headers={"Authorization": "Bearer test-key"}
