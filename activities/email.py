@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from email.message import EmailMessage
 from typing import Any
 
 import aiosmtplib
@@ -23,7 +22,7 @@ from temporalio.exceptions import ApplicationError
 
 from nudge import personalize, queries, tokens
 from nudge.journeys import SendEmailInput, SendEmailResult, message_id
-from nudge.mail import SmtpSender, build_message, smtp_code
+from nudge.mail import OutgoingMessage, SmtpSender, build_message, smtp_code
 from nudge.models import Consent, Contact, Message, MessageStatus
 from nudge.render import Renderer, TemplateProblem
 from nudge.settings import Settings
@@ -61,7 +60,7 @@ class EmailActivities:
                 raise ApplicationError(prepared.error, type="TemplateError", non_retryable=True)
             return prepared
         message, attempt = prepared
-        mid = str(message["Message-ID"]).strip("<>")  # the row's, which may predate `mid`
+        mid = message.message_id  # the row's, which may predate `mid`
         committed = False
 
         async def mark_sent() -> None:
@@ -89,7 +88,7 @@ class EmailActivities:
 
     async def _prepare(
         self, session: AsyncSession, job: SendEmailInput, mid: str
-    ) -> SendEmailResult | tuple[EmailMessage, int]:
+    ) -> SendEmailResult | tuple[OutgoingMessage, int]:
         """Claim the step's log row and either settle it (already done, skipped, broken
         template) or return the message to send, with the row marked `sending`."""
         row = await queries.claim_message(
