@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from email.message import EmailMessage
 from typing import Any
 
 import aiosmtplib
@@ -23,7 +22,7 @@ from temporalio.exceptions import ApplicationError
 
 from nudge import personalize, queries, suppression, tokens
 from nudge.journeys import SendEmailInput, SendEmailResult, message_id
-from nudge.mail import SmtpSender, build_message, smtp_code
+from nudge.mail import OutgoingMessage, SmtpSender, build_message, smtp_code
 from nudge.models import Contact, Message, MessageStatus
 from nudge.render import Renderer, TemplateProblem
 from nudge.settings import Settings
@@ -61,7 +60,7 @@ class EmailActivities:
                 raise ApplicationError(prepared.error, type="TemplateError", non_retryable=True)
             return prepared
         message, attempt = prepared
-        mid = str(message["Message-ID"]).strip("<>")  # the row's, which may predate `mid`
+        mid = message.message_id  # the row's, which may predate `mid`
         committed = False
 
         async def mark_sent() -> None:
@@ -89,9 +88,54 @@ class EmailActivities:
 
     async def _prepare(
         self, session: AsyncSession, job: SendEmailInput, mid: str
-    ) -> SendEmailResult | tuple[EmailMessage, int]:
-        """Claim the step's log row and either settle it (already done, skipped, broken
-        template) or return the message to send, with the row marked `sending`."""
+    ) -> SendEmailResult | tuple[OutgoingMessage, int]:
+        """Settle the step's log row (already done, skipped, broken template) or return the
+        message to send, with the row claimed as `sending`.
+
+        Everything that only reads (filters, the context, rendering) comes before the claim:
+        SQLite has one writer, and a transaction holds it from its first write to its commit,
+        so claiming first made every concurrent send and ingest wait on this one's rendering."""
+        existing = await queries.find_message(
+            session, job.workflow_id, job.trigger_event_id, job.step
+        )
+        if existing is not None:
+            if existing.status in FINAL:
+                return self._result(existing)
+            mid = existing.message_id  # a row keeps the id it was first sent with
+        contact = await session.get(Contact, job.contact_id)
+        if contact is None:
+            return await self._settle(session, job, mid, MessageStatus.SKIPPED, "contact_missing")
+        reason = await self._skip_reason(session, job, contact)
+        if reason:
+            return await self._settle(session, job, mid, MessageStatus.SKIPPED, reason)
+        context = await self._context(session, job, contact, mid)
+        try:
+            rendered = self.renderer.render(job.template, context)
+        except TemplateProblem as err:
+            return await self._settle(
+                session, job, mid, MessageStatus.FAILED, "template_error", str(err)
+            )
+        message = build_message(
+            rendered,
+            from_email=self.settings.from_email,
+            to_email=contact.email,
+            to_name=contact.first_name,
+            message_id=mid,
+            headers=self._headers(job, contact, mid),
+        )
+        row = await self._claim(session, job, mid)
+        if row.status in FINAL:
+            return self._result(row)  # a concurrent attempt settled it meanwhile
+        row.status, row.to_email, row.subject = (
+            MessageStatus.SENDING,
+            contact.email,
+            rendered.subject,
+        )
+        row.attempts += 1
+        return message, row.attempts
+
+    async def _claim(self, session: AsyncSession, job: SendEmailInput, mid: str) -> Message:
+        """The step's log row, created on first sight and locked (PostgreSQL) until commit."""
         row = await queries.claim_message(
             session,
             {
@@ -107,34 +151,11 @@ class EmailActivities:
                 "scheduled_at": activity.info().scheduled_time,
             },
         )
-        if row.status in FINAL:
-            return SendEmailResult(message_id=row.message_id, status=row.status, reason=row.reason)
-        contact = await session.get(Contact, job.contact_id)
-        if contact is None:
-            return self._settle(row, MessageStatus.SKIPPED, "contact_missing")
-        reason = await self._skip_reason(session, job, contact)
-        if reason:
-            return self._settle(row, MessageStatus.SKIPPED, reason)
-        context = await self._context(session, job, contact, row.message_id)
-        try:
-            rendered = self.renderer.render(job.template, context)
-        except TemplateProblem as err:
-            return self._settle(row, MessageStatus.FAILED, "template_error", str(err))
-        row.status, row.to_email, row.subject = (
-            MessageStatus.SENDING,
-            contact.email,
-            rendered.subject,
-        )
-        row.attempts += 1
-        message = build_message(
-            rendered,
-            from_email=self.settings.from_email,
-            to_email=contact.email,
-            to_name=contact.first_name,
-            message_id=row.message_id,
-            headers=self._headers(job, contact, row.message_id),
-        )
-        return message, row.attempts
+        if row.message_id != mid:
+            # A concurrent first attempt created the row under another id (the sender's domain
+            # changed in between): retry, and the next attempt builds under the row's id.
+            raise RuntimeError(f"{job.step} of {job.workflow_id} is logged as {row.message_id}")
+        return row
 
     def _headers(self, job: SendEmailInput, contact: Contact, mid: str) -> dict[str, str]:
         headers = {"X-Nudge-Flow": job.flow, "X-Nudge-Step": job.step}
@@ -256,8 +277,23 @@ class EmailActivities:
             )
         return context
 
-    def _settle(
-        self, row: Message, status: MessageStatus, reason: str, error: str | None = None
+    async def _settle(
+        self,
+        session: AsyncSession,
+        job: SendEmailInput,
+        mid: str,
+        status: MessageStatus,
+        reason: str,
+        error: str | None = None,
     ) -> SendEmailResult:
+        row = await self._claim(session, job, mid)
+        if row.status in FINAL:
+            return self._result(row)
         row.status, row.reason, row.error = status, reason, error
-        return SendEmailResult(message_id=row.message_id, status=status, reason=reason, error=error)
+        return self._result(row, error)
+
+    @staticmethod
+    def _result(row: Message, error: str | None = None) -> SendEmailResult:
+        return SendEmailResult(
+            message_id=row.message_id, status=row.status, reason=row.reason, error=error
+        )

@@ -80,6 +80,8 @@ class Ingestor:
         return IngestResult(accepted=accepted, duplicates=len(results) - accepted, results=results)
 
     async def ingest_one(self, event: ev.StoreEventIn, raw: dict[str, Any]) -> EventResult:
+        # Two transactions per event: one to store it (and read what it left to route), one to
+        # record what Temporal accepted. SQLite has one writer, so each one saved is throughput.
         async with self.sessions.begin() as session:
             known = await queries.event_status(session, event.id)
             if known is not None and known.routed_at is not None:
@@ -97,6 +99,13 @@ class Ingestor:
                 )
             else:
                 contact_id = known.contact_id
+            # Also on a retry: the entries a crash left unrouted.
+            entries = await segments.pending_entries(
+                session, self.segment_flows.keys(), contact_id=contact_id
+            )
+            # Events Nudge derived from this one (a loyalty tier change), stored with it so a
+            # crash before they are routed delays them but cannot lose them.
+            follow_ups = await queries.follow_ups(session, event.id)
         if isinstance(event, ev.CustomerSubscribed) and self.settings.double_opt_in:
             # Double opt-in: the subscription reaches flows only once confirmed (api/routers/
             # preferences.py ingests it again then); until then, the confirmation email.
@@ -104,23 +113,27 @@ class Ingestor:
                 self.sessions, self.settings, contact_id, event.id
             ):
                 current = False
+        started: list[dict[str, Any]] = []
         # A stale snapshot (older than what is stored) is kept as history but moves no journey.
-        journeys = await self.route(event, contact_id) if current else []
-        # Also on a retry: the entries a crash left unrouted.
-        journeys += await self.route_segment_entries(contact_id)
-        # Events Nudge derived from this one (a loyalty tier change), stored with it so a
-        # crash here delays them but cannot lose them.
-        async with self.sessions() as session:
-            follow_ups = await queries.follow_ups(session, event.id)
+        journeys = await self.route(event, contact_id, started) if current else []
+        journeys += await self._start_entries(entries, started)
         for follow_up in follow_ups:
-            journeys += await self.route(follow_up, contact_id)
-            async with self.sessions.begin() as session:
-                await queries.mark_routed(session, follow_up.id)
+            journeys += await self.route(follow_up, contact_id, started)
+        # Marked routed only now that Temporal has every journey: a crash before this commit
+        # makes the client's retry route the event again (starts and signals are idempotent).
         async with self.sessions.begin() as session:
+            await self._record(session, started)
+            await segments.mark_routed(session, [e.change_id for e in entries], utcnow())
+            for follow_up in follow_ups:
+                await queries.mark_routed(session, follow_up.id)
             await queries.mark_routed(session, event.id)
         return EventResult(id=event.id, status="accepted", journeys=journeys)
 
-    async def route(self, event: ev.StoreEventIn, contact_id: int) -> list[str]:
+    async def route(
+        self, event: ev.StoreEventIn, contact_id: int, started: list[dict[str, Any]]
+    ) -> list[str]:
+        """Start or signal the journeys `event` concerns; the journeys started are appended to
+        `started`, for the caller to record in its transaction."""
         signal = journey_event(event)
         touched: list[str] = []
         for flow in self.flows:
@@ -130,7 +143,9 @@ class Ingestor:
                     continue
                 wid = workflow_id(flow.flow, contact_id, key)
                 if flow.should_start(event):
-                    await self._start(flow.flow, wid, contact_id, key, event.id, signal)
+                    started.append(
+                        await self._start(flow.flow, wid, contact_id, key, event.id, signal)
+                    )
                     touched.append(wid)
                 elif await self._signal(wid, None, signal):
                     touched.append(wid)
@@ -156,7 +171,17 @@ class Ingestor:
             )
         if not entries:
             return []
-        started: list[str] = []
+        started: list[dict[str, Any]] = []
+        journeys = await self._start_entries(entries, started)
+        async with self.sessions.begin() as session:
+            await self._record(session, started)
+            await segments.mark_routed(session, [e.change_id for e in entries], utcnow())
+        return journeys
+
+    async def _start_entries(
+        self, entries: Sequence[segments.MembershipChange], started: list[dict[str, Any]]
+    ) -> list[str]:
+        journeys: list[str] = []
         for entry in entries:
             trigger = f"segment:{entry.segment_id}:{entry.change_id}"
             signal = JourneyEvent(
@@ -167,13 +192,13 @@ class Ingestor:
             )
             for flow in self.segment_flows[entry.segment_id]:
                 wid = workflow_id(flow.flow, entry.contact_id, entry.segment_id)
-                await self._start(
-                    flow.flow, wid, entry.contact_id, entry.segment_id, trigger, signal
+                started.append(
+                    await self._start(
+                        flow.flow, wid, entry.contact_id, entry.segment_id, trigger, signal
+                    )
                 )
-                started.append(wid)
-        async with self.sessions.begin() as session:
-            await segments.mark_routed(session, [e.change_id for e in entries], utcnow())
-        return started
+                journeys.append(wid)
+        return journeys
 
     async def _start(
         self,
@@ -183,7 +208,8 @@ class Ingestor:
         key: str,
         event_id: str,
         signal: JourneyEvent,
-    ) -> None:
+    ) -> dict[str, Any]:
+        """Signal-with-start one journey; returns its `record_journey` values."""
         # Flows are registered under their `flow` name (checked by the tests).
         handle = await self.client.start_workflow(
             flow,
@@ -201,15 +227,18 @@ class Ingestor:
             search_attributes=start_search_attributes(flow, contact_id),
             static_summary=f"{flow} · contact {contact_id} · {key}",
         )
-        async with self.sessions.begin() as session:
-            await queries.record_journey(
-                session,
-                workflow_id=wid,
-                run_id=handle.result_run_id or "",
-                flow=flow,
-                contact_id=contact_id,
-                event_id=event_id,
-            )
+        return {
+            "workflow_id": wid,
+            "run_id": handle.result_run_id or "",
+            "flow": flow,
+            "contact_id": contact_id,
+            "event_id": event_id,
+        }
+
+    @staticmethod
+    async def _record(session: AsyncSession, started: Sequence[dict[str, Any]]) -> None:
+        for values in started:
+            await queries.record_journey(session, **values)
 
     async def _signal(self, wid: str, run_id: str | None, signal: JourneyEvent) -> bool:
         """Signal a journey; False if it is no longer running."""

@@ -22,13 +22,12 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from email.message import EmailMessage
 from importlib.metadata import version
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, Template
 
-from nudge.mail import build_message
+from nudge.mail import OutgoingMessage, build_message
 from nudge.render import TEMPLATES, RenderedEmail, Renderer
 
 TEMPLATES_MEASURED = ("cart_1", "cart_3")
@@ -134,7 +133,7 @@ def message_bytes(renderer: Renderer, name: str, ctx: dict[str, Any]) -> bytes:
     return build(email, name).as_bytes()
 
 
-def build(email: RenderedEmail, name: str) -> EmailMessage:
+def build(email: RenderedEmail, name: str) -> OutgoingMessage:
     return build_message(
         email,
         from_email=FROM_EMAIL,

@@ -143,6 +143,9 @@ async def bare_worker(address: str, task_queue: str) -> int:
         workflows=[BareJourney],
         activities=[noop_send],
         max_cached_workflows=MAX_CACHED_WORKFLOWS,
+        # The same poller settings as worker.py, so the baseline is tuned as well as Nudge.
+        max_concurrent_workflow_task_polls=20,
+        nonsticky_to_sticky_poll_ratio=1.0,
     ):
         print(f"bare worker polling task queue {task_queue!r}", flush=True)
         await stop.wait()

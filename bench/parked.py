@@ -546,6 +546,9 @@ async def bare_worker(address: str, task_queue: str) -> None:
         task_queue=task_queue,
         workflows=[BareSleeper],
         max_cached_workflows=MAX_CACHED_WORKFLOWS,
+        # The same poller settings as worker.py, so the baseline is tuned as well as Nudge.
+        max_concurrent_workflow_task_polls=20,
+        nonsticky_to_sticky_poll_ratio=1.0,
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules("bench")
         ),

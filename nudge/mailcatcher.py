@@ -10,6 +10,7 @@ import asyncio
 import html
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -61,7 +62,10 @@ class CaughtMessage:
 
     @property
     def html(self) -> str | None:
-        return self._body("html")
+        """The HTML as a browser reads it: Nudge sends non-ASCII characters as numeric character
+        references (a 7bit part needs no transfer encoding), decoded back here."""
+        content = self._body("html")
+        return _NON_ASCII_REF.sub(_char, content) if content is not None else None
 
     @property
     def text(self) -> str | None:
@@ -79,6 +83,14 @@ class CaughtMessage:
             content = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else None
         # SMTP carries CRLF line ends; callers compare bodies with Python strings.
         return content.replace("\r\n", "\n") if isinstance(content, str) else None
+
+
+_NON_ASCII_REF = re.compile(r"&#(?:(\d{3,7})|x([0-9a-fA-F]{2,6}));")
+
+
+def _char(match: re.Match[str]) -> str:
+    code = int(match[1]) if match[1] else int(match[2], 16)
+    return chr(code) if 128 <= code <= 0x10FFFF else match[0]
 
 
 def _parse(raw: bytes) -> EmailMessage:

@@ -413,6 +413,22 @@ async def journeys_of(session: AsyncSession, contact_id: int, limit: int = 50) -
 # ---- sending -------------------------------------------------------------------------------
 
 
+async def find_message(
+    session: AsyncSession, workflow_id: str, trigger_event_id: str, step: str
+) -> Message | None:
+    """The log row of one (journey, step), if any, as it is now (not locked)."""
+    stmt = (
+        select(Message)
+        .where(
+            Message.workflow_id == workflow_id,
+            Message.trigger_event_id == trigger_event_id,
+            Message.step == step,
+        )
+        .execution_options(populate_existing=True)
+    )
+    return (await session.scalars(stmt)).one_or_none()
+
+
 async def claim_message(session: AsyncSession, values: dict[str, Any]) -> Message:
     """The log row of one (journey, step), created queued on first sight. Found by the step, not
     the Message-ID, so a row keeps the id it was first sent with even if the sender's domain

@@ -19,12 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from email.message import EmailMessage
-from email.policy import SMTP
 from pathlib import Path
 from typing import Any
 
-from nudge.mail import build_message
+from nudge.mail import OutgoingMessage, build_message
 from nudge.render import TEMPLATES, RenderedEmail, Renderer
 from nudge.settings import Settings
 
@@ -142,7 +140,7 @@ def render_sample(renderer: Renderer, settings: Settings, name: str) -> Rendered
     return renderer.render(name, sample_context(settings, name))
 
 
-def sample_message(renderer: Renderer, settings: Settings, name: str) -> EmailMessage:
+def sample_message(renderer: Renderer, settings: Settings, name: str) -> OutgoingMessage:
     """The template as the send activity would build it, headers included."""
     context = sample_context(settings, name)
     headers = {"X-Nudge-Flow": "sample", "X-Nudge-Step": name}
@@ -209,7 +207,7 @@ def score_all(settings: Settings | None = None) -> list[Score]:
     settings = settings or Settings(**SAMPLE_STORE)  # type: ignore[arg-type]
     renderer = Renderer()
     messages = {
-        name: sample_message(renderer, settings, name).as_bytes(policy=SMTP)
+        name: sample_message(renderer, settings, name).as_bytes()
         for name in shipped_templates()
     }
     with ThreadPoolExecutor(max_workers=2) as pool:

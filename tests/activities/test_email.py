@@ -26,7 +26,7 @@ from nudge import events as ev
 from nudge import queries
 from nudge.db import create_engine, session_maker
 from nudge.journeys import SendEmailInput, message_id
-from nudge.mail import Commit, SmtpSender, build_message
+from nudge.mail import Commit, OutgoingMessage, SmtpSender, build_message
 from nudge.mailcatcher import MailCatcher
 from nudge.models import Contact, Coupon, Message, Segment, SegmentMember, utcnow
 from nudge.render import TEMPLATES, RenderedEmail, Renderer
@@ -108,7 +108,9 @@ class Crash(Exception):
 
 
 class CrashAtCommit(SmtpSender):
-    async def send(self, message: EmailMessage, *, commit: Commit | None = None) -> None:
+    async def send(
+        self, message: OutgoingMessage | EmailMessage, *, commit: Commit | None = None
+    ) -> None:
         async def crash() -> None:
             raise Crash()
 
@@ -149,7 +151,9 @@ class Overtaken(SmtpSender):
         super().__init__(settings.smtp_host, settings.smtp_port)
         self.newer = newer
 
-    async def send(self, message: EmailMessage, *, commit: Commit | None = None) -> None:
+    async def send(
+        self, message: OutgoingMessage | EmailMessage, *, commit: Commit | None = None
+    ) -> None:
         async def late_commit() -> None:
             await self.newer()
             assert commit is not None
@@ -187,7 +191,7 @@ async def test_kept_alive_connections_deliver_many_and_survive_a_server_restart(
     ids = [f"{new_id('m')}@shop.example" for _ in range(6)]
     to = new_email()
 
-    def message(mid: str) -> EmailMessage:
+    def message(mid: str) -> OutgoingMessage:
         return build_message(
             rendered, from_email=settings.from_email, to_email=to, to_name="Ana", message_id=mid
         )
@@ -286,9 +290,11 @@ class Captured(SmtpSender):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings.smtp_host, settings.smtp_port)
-        self.sent: list[EmailMessage] = []
+        self.sent: list[OutgoingMessage | EmailMessage] = []
 
-    async def send(self, message: EmailMessage, *, commit: Commit | None = None) -> None:
+    async def send(
+        self, message: OutgoingMessage | EmailMessage, *, commit: Commit | None = None
+    ) -> None:
         self.sent.append(message)
 
         async def crash() -> None:
@@ -297,8 +303,9 @@ class Captured(SmtpSender):
         await super().send(message, commit=crash)
 
 
-def text_of(message: EmailMessage) -> str:
-    part = message.get_body(("plain",))
+def text_of(message: OutgoingMessage | EmailMessage) -> str:
+    parsed = message.parsed() if isinstance(message, OutgoingMessage) else message
+    part = parsed.get_body(("plain",))
     assert part is not None
     return str(part.get_content())
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import base64
 import subprocess
-from email.message import EmailMessage
 
 import dkim
 import pytest
 
-from nudge.mail import DkimSigner, SmtpSender, build_message
+from nudge.mail import DkimSigner, OutgoingMessage, SmtpSender, build_message
 from nudge.mailcatcher import MailCatcher
 from nudge.render import RenderedEmail
 from support import new_email, new_id
@@ -31,7 +30,7 @@ def dkim_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, bytes]:
     return private.read_bytes(), b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
 
 
-def message(to: str, *, name: str = "Ana") -> EmailMessage:
+def message(to: str, *, name: str = "Ana") -> OutgoingMessage:
     rendered = RenderedEmail(subject="Your cart · 10% off", html="<p>Olá</p>", text="Olá\n")
     msg = build_message(
         rendered,
@@ -98,3 +97,53 @@ def test_non_ascii_subject_and_name_are_rfc2047_encoded() -> None:
     assert head.isascii()
     assert b"=?utf-8?" in head.lower()
     assert str(msg["Subject"]) == "Your cart · 10% off"
+
+
+async def test_the_message_bytes_parse_back_to_what_was_rendered(mailcatcher: MailCatcher) -> None:
+    """The MIME is assembled by hand for speed: the standard library must read back exactly the
+    subject, names and both parts, through a real SMTP hop (dot-stuffing included)."""
+    text = "Olá Ana,\n.a line that starts with a dot\nFrom here on\n" + "long " * 60 + "\n"
+    html = "<p>Olá</p>\n<p>" + "x" * 300 + "</p>\n.\n<p>=_ not a boundary</p>"
+    to = new_email()
+    msg = build_message(
+        RenderedEmail(subject="Ünïcode subject " * 8, html=html, text=text),
+        from_email='"Store, Inc." <store@shop.example>',
+        to_email=to,
+        to_name='Zoë "Z" O\'Neil',
+        message_id=f"{new_id('m')}@shop.example",
+        headers={"X-Nudge-Step": "cart_1"},
+    )
+    assert all(len(line) <= 998 for line in msg.raw.split(b"\r\n"))
+    sender = SmtpSender("127.0.0.1", mailcatcher.port)
+    await sender.send(msg)
+    await sender.close()
+    [caught] = [m for m in mailcatcher.messages if to in m.rcpt_tos]
+    parsed = caught.message
+    assert not parsed.defects and not any(part.defects for part in parsed.walk())
+    assert str(parsed["Subject"]) == ("Ünïcode subject " * 8).strip()
+    assert parsed["To"].addresses[0].display_name == 'Zoë "Z" O\'Neil'
+    assert parsed["From"].addresses[0].display_name == "Store, Inc."
+    assert parsed["X-Nudge-Step"] == "cart_1"
+    assert parsed.get_content_type() == "multipart/alternative"
+    plain, rich = parsed.get_body(("plain",)), parsed.get_body(("html",))
+    assert plain is not None and rich is not None
+    # On the wire every line ends in CRLF, which the parser keeps.
+    assert plain.get_content().replace("\r\n", "\n") == text
+    # The HTML travels as 7bit, its non-ASCII characters as character references.
+    assert rich["Content-Transfer-Encoding"] == "7bit"
+    assert rich.get_content().replace("\r\n", "\n") == html.replace("á", "&#225;")
+
+
+def test_an_html_line_over_998_characters_is_quoted_printable() -> None:
+    html = "<p>" + "y" * 1200 + "</p>"
+    msg = build_message(
+        RenderedEmail(subject="Long", html=html, text="Long\n"),
+        from_email="store@shop.example",
+        to_email=new_email(),
+        to_name=None,
+        message_id=f"{new_id('m')}@shop.example",
+    )
+    assert all(len(line) <= 998 for line in msg.raw.split(b"\r\n"))
+    rich = msg.parsed().get_body(("html",))
+    assert rich is not None and rich["Content-Transfer-Encoding"] == "quoted-printable"
+    assert rich.get_content().replace("\r\n", "\n") == html

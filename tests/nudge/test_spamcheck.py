@@ -47,7 +47,7 @@ def test_the_shipped_templates_are_found() -> None:
 
 @pytest.mark.parametrize("name", TEMPLATES)
 def test_template_has_html_text_alt_address_and_unsubscribe(renderer: Renderer, name: str) -> None:
-    message = spamcheck.sample_message(renderer, SETTINGS, name)
+    message = spamcheck.sample_message(renderer, SETTINGS, name).parsed()
     html_part, text_part = message.get_body(("html",)), message.get_body(("plain",))
     assert html_part is not None and text_part is not None
     html, text = str(html_part.get_content()), str(text_part.get_content())
