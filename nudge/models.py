@@ -445,3 +445,13 @@ class ConsentRecord(Base):
     at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (Index(None, "contact_id", "at"),)
+
+
+class ProviderReport(Base):
+    """Each provider webhook report already applied, by the provider's own id: providers deliver
+    at least once, and a retried bounce must not count twice toward the soft-bounce limit."""
+
+    __tablename__ = "provider_reports"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # "<source>:<their id>"
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -207,8 +207,7 @@ def score_all(settings: Settings | None = None) -> list[Score]:
     settings = settings or Settings(**SAMPLE_STORE)  # type: ignore[arg-type]
     renderer = Renderer()
     messages = {
-        name: sample_message(renderer, settings, name).as_bytes()
-        for name in shipped_templates()
+        name: sample_message(renderer, settings, name).as_bytes() for name in shipped_templates()
     }
     with ThreadPoolExecutor(max_workers=2) as pool:
         return list(pool.map(lambda item: score(item[1], item[0]), messages.items()))

@@ -25,6 +25,7 @@ from nudge.models import (
     Contact,
     Message,
     MessageEvent,
+    ProviderReport,
     Suppression,
     TopicPreference,
     utcnow,
@@ -163,6 +164,8 @@ class Feedback:
     message_id: str | None  # our Message-ID if the provider echoed it, without <>
     details: str | None = None
     at: datetime | None = None
+    # The provider's id of this report (with the recipient), to apply it once.
+    report_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +184,15 @@ async def record_feedback(session: AsyncSession, feedback: Feedback) -> Outcome:
     contact = await session.scalar(select(Contact).where(Contact.email == email))
     if contact is None:
         return Outcome(None, None)
+    if feedback.report_id is not None:
+        report_id = f"{feedback.source}:{feedback.report_id}:{email}"[:255]
+        inserted: Any = await session.execute(
+            _insert(session, ProviderReport)
+            .values(id=report_id, received_at=utcnow())
+            .on_conflict_do_nothing(index_elements=["id"])
+        )
+        if not inserted.rowcount:
+            return Outcome(contact.id, None)  # a redelivery: applied already
     at = feedback.at or utcnow()
     mid = (feedback.message_id or "").strip().strip("<>")
     if not mid or await session.get(Message, mid) is None:

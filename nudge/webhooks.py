@@ -122,8 +122,9 @@ def subscribe_url(message: dict[str, Any]) -> str:
     return url
 
 
-def ses_feedback(notification: dict[str, Any]) -> Iterator[Feedback]:
-    """An SES notification (the SNS `Message`, JSON) as feedback, one per recipient."""
+def ses_feedback(notification: dict[str, Any], report_id: str | None = None) -> Iterator[Feedback]:
+    """An SES notification (the SNS `Message`, JSON) as feedback, one per recipient;
+    `report_id` is the SNS MessageId, the same on every redelivery."""
     kind = notification.get("notificationType") or notification.get("eventType")
     mail = notification.get("mail") or {}
     mid = (mail.get("commonHeaders") or {}).get("messageId")
@@ -142,6 +143,7 @@ def ses_feedback(notification: dict[str, Any]) -> Iterator[Feedback]:
                 message_id=mid,
                 details=_details(bounce.get("bounceSubType"), recipient.get("diagnosticCode")),
                 at=_when(bounce.get("timestamp")),
+                report_id=report_id,
             )
     elif kind == "Complaint":
         complaint = notification.get("complaint") or {}
@@ -153,11 +155,19 @@ def ses_feedback(notification: dict[str, Any]) -> Iterator[Feedback]:
                 message_id=mid,
                 details=complaint.get("complaintFeedbackType"),
                 at=_when(complaint.get("timestamp")),
+                report_id=report_id,
             )
     elif kind == "Delivery":
         delivery = notification.get("delivery") or {}
         for email in delivery.get("recipients") or []:
-            yield Feedback("ses", "delivery", str(email), mid, at=_when(delivery.get("timestamp")))
+            yield Feedback(
+                "ses",
+                "delivery",
+                str(email),
+                mid,
+                at=_when(delivery.get("timestamp")),
+                report_id=report_id,
+            )
 
 
 # ---- SendGrid -----------------------------------------------------------------------------------
@@ -210,6 +220,7 @@ def sendgrid_feedback(events: Any) -> Iterator[Feedback]:
             message_id=event.get("smtp-id"),
             details=_details(event.get("status"), event.get("reason")),
             at=_when(event.get("timestamp")),
+            report_id=str(event["sg_event_id"]) if event.get("sg_event_id") else None,
         )
 
 
@@ -255,7 +266,13 @@ def postmark_feedback(record: Any) -> Iterator[Feedback]:
         message_id=_postmark_message_id(record),
         details=_details(record.get("Type"), record.get("Description")),
         at=_when(record.get("BouncedAt") or record.get("DeliveredAt")),
+        report_id=_postmark_id(record),
     )
+
+
+def _postmark_id(record: dict[str, Any]) -> str | None:
+    found = record.get("ID") or record.get("MessageID")
+    return f"{record.get('RecordType')}:{found}" if found else None
 
 
 def _postmark_message_id(record: dict[str, Any]) -> str | None:

@@ -85,7 +85,9 @@ async def ses(
     notification = webhooks.loads(str(message.get("Message", "")).encode())
     if not isinstance(notification, dict):
         raise Invalid("Message: not an SES notification (JSON)", fields=[{"field": "Message"}])
-    return await _apply(webhooks.ses_feedback(notification), sessions, client, settings, flows)
+    report_id = str(message.get("MessageId") or "") or None
+    feedback = webhooks.ses_feedback(notification, report_id)
+    return await _apply(feedback, sessions, client, settings, flows)
 
 
 @router.post("/sendgrid", summary="SendGrid signed event webhook")

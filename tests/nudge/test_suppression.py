@@ -67,3 +67,23 @@ async def test_a_hard_bounce_and_a_complaint_suppress_at_once_and_once(sessions:
 async def test_feedback_about_an_unknown_address_changes_nothing(sessions: Sessions) -> None:
     outcome = await feed(sessions, new_email(), "complaint", 0)
     assert outcome == suppression.Outcome(None, None)
+
+
+async def test_a_redelivered_report_counts_once(sessions: Sessions) -> None:
+    contact_id, email = await contact(sessions)
+    for _ in range(12):  # one soft bounce, delivered twelve times by the provider
+        async with sessions.begin() as session:
+            await suppression.record_feedback(
+                session, Feedback("sendgrid", "soft_bounce", email, None, report_id="sg-1")
+            )
+    for n in range(2, 8):  # six more, each its own report: seven in a row, not more than seven
+        async with sessions.begin() as session:
+            await suppression.record_feedback(
+                session, Feedback("sendgrid", "soft_bounce", email, None, report_id=f"sg-{n}")
+            )
+    assert await reasons(sessions, contact_id) == []
+    async with sessions.begin() as session:
+        outcome = await suppression.record_feedback(
+            session, Feedback("sendgrid", "soft_bounce", email, None, report_id="sg-8")
+        )
+    assert outcome.suppressed == "soft_bounce"

@@ -74,9 +74,16 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("contact_id", "topic", name=op.f("pk_topic_preferences")),
     )
+    op.create_table(
+        "provider_reports",
+        sa.Column("id", sa.String(length=255), nullable=False),
+        sa.Column("received_at", nudge.models.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_provider_reports")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("provider_reports")
     op.drop_table("topic_preferences")
     op.drop_index(op.f("ix_suppressions_email"), table_name="suppressions")
     op.drop_table("suppressions")
