@@ -84,7 +84,10 @@ async def ses(
         return {"status": "ignored"}
     notification = webhooks.loads(str(message.get("Message", "")).encode())
     if not isinstance(notification, dict):
-        raise Invalid("Message: not an SES notification (JSON)", fields=[{"field": "Message"}])
+        raise Invalid(
+            "invalid input: Message: not an SES notification (JSON)",
+            fields=[{"field": "Message", "message": "not an SES notification (JSON)"}],
+        )
     report_id = str(message.get("MessageId") or "") or None
     feedback = webhooks.ses_feedback(notification, report_id)
     return await _apply(feedback, sessions, client, settings, flows)
