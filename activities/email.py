@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from nudge import personalize, queries, tokens
+from nudge import abtest, personalize, queries, tokens, tracking
 from nudge.journeys import SendEmailInput, SendEmailResult, message_id
 from nudge.mail import SmtpSender, build_message, smtp_code
 from nudge.models import Consent, Contact, Message, MessageStatus
@@ -92,6 +92,8 @@ class EmailActivities:
     ) -> SendEmailResult | tuple[EmailMessage, int]:
         """Claim the step's log row and either settle it (already done, skipped, broken
         template) or return the message to send, with the row marked `sending`."""
+        # A/B: once a step has a recorded winner, only the winner is sent (nudge/abtest.py).
+        job = await abtest.settle_variant(session, job, mid, self.settings)
         row = await queries.claim_message(
             session,
             {
@@ -120,6 +122,7 @@ class EmailActivities:
             rendered = self.renderer.render(job.template, context)
         except TemplateProblem as err:
             return self._settle(row, MessageStatus.FAILED, "template_error", str(err))
+        rendered = tracking.instrument(rendered, self.settings, contact.id, row.message_id)
         row.status, row.to_email, row.subject = (
             MessageStatus.SENDING,
             contact.email,

@@ -12,7 +12,7 @@ from temporalio.client import Client
 
 from api import errors
 from api.deps import require_api_key
-from api.routers import contacts, events, segments, unsubscribe
+from api.routers import contacts, dashboard, events, reports, segments, tracking, unsubscribe
 from nudge import events as ev
 from nudge.db import create_engine, session_maker
 from nudge.models import utcnow
@@ -61,6 +61,10 @@ def create_app(
     app.include_router(segments.router, prefix="/v1", dependencies=[Depends(require_api_key)])
     # Signed links act without a key: the token is the credential.
     app.include_router(unsubscribe.router)
+    # Reports take the key as a header or as the dashboard's cookie (api/routers/reports.py).
+    app.include_router(reports.router, prefix="/v1")
+    app.include_router(tracking.router)
+    app.include_router(dashboard.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
