@@ -40,13 +40,13 @@ h1 { font-size: 22px; margin: 0 0 16px; } h2 { font-size: 16px; margin: 28px 0 1
 select, input, button { font: inherit; padding: 5px 8px; border: 1px solid #d4d4d8; border-radius: 6px;
                         background: #fff; }
 button { background: var(--ink); color: #fff; border-color: var(--ink); cursor: pointer; }
-.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(140px, 1fr)); gap: 12px; }
+.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(118px, 1fr)); gap: 12px; }
 .card { background: #fff; border: 1px solid var(--line); border-radius: 10px; padding: 14px 16px; }
 .card .label { color: var(--muted); font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }
 .card .value { font-size: 24px; font-weight: 650; margin-top: 2px; }
 .panel { background: #fff; border: 1px solid var(--line); border-radius: 10px; padding: 16px; }
 table { width: 100%; border-collapse: collapse; background: #fff; }
-th, td { text-align: right; padding: 8px 10px; border-bottom: 1px solid var(--line); white-space: nowrap; }
+th, td { text-align: right; padding: 7px 8px; border-bottom: 1px solid var(--line); white-space: nowrap; }
 th:first-child, td:first-child { text-align: left; }
 th { color: var(--muted); font-weight: 600; font-size: 12px; }
 tr.variant td:first-child { padding-left: 28px; color: #3f3f46; }
@@ -58,6 +58,8 @@ a { color: var(--accent); }
 .legend span { display: inline-block; margin-right: 16px; } .legend i { display: inline-block;
   width: 12px; height: 3px; vertical-align: middle; margin-right: 6px; }
 .error { color: #b91c1c; }
+.scroll { overflow-x: auto; } td.ab { white-space: normal; min-width: 180px; text-align: left; }
+select { max-width: 280px; }
 iframe { width: 100%; height: 520px; border: 1px solid var(--line); border-radius: 8px; background: #fff; }
 pre { white-space: pre-wrap; background: #fff; border: 1px solid var(--line); padding: 12px; border-radius: 8px; }
 """
@@ -137,14 +139,14 @@ function chart(series) {
   const s = (tag, attrs) => { const el = document.createElementNS(NS, tag);
     for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v); return el; };
   const svg = s('svg', {viewBox: `0 0 ${W} ${H}`, width: '100%', id: 'series', role: 'img'});
-  const max = Math.max(0.05, ...series.flatMap(p => lines.map(([k]) => p[k] ?? 0)));
+  const max = Math.ceil(10 * Math.max(0.05, ...series.flatMap(p => lines.map(([k]) => p[k] ?? 0)))) / 10;
   const x = i => L + (series.length < 2 ? (W - L - R) / 2 : i * (W - L - R) / (series.length - 1));
   const y = v => T + (H - T - B) * (1 - v / max);
   for (let g = 0; g <= 4; g++) {
     const v = max * g / 4;
     svg.append(s('line', {x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: '#e4e4e7'}));
     const t = s('text', {x: L - 6, y: y(v) + 4, 'text-anchor': 'end', 'font-size': 11, fill: '#71717a'});
-    t.textContent = (v * 100).toFixed(0) + '%'; svg.append(t);
+    t.textContent = (v * 100).toFixed(Number.isInteger(v * 100) ? 0 : 1) + '%'; svg.append(t);
   }
   const every = Math.max(1, Math.ceil(series.length / 10));
   series.forEach((p, i) => { if (i % every) return;
@@ -171,20 +173,20 @@ async function storePage(root) {
   const q = new URLSearchParams(location.search).toString();
   root.append(h('h1', {text: page.store + ': flows'}), filters(data.segments), cards(data.total),
     h('h2', {text: 'Flows'}),
-    h('table', {id: 'flows'}, h('tr', {}, h('th', {text: 'Flow'}), ...COLUMNS.map(([t]) => h('th', {text: t}))),
+    h('div', {class: 'scroll'}, h('table', {id: 'flows'}, h('tr', {}, h('th', {text: 'Flow'}), ...COLUMNS.map(([t]) => h('th', {text: t}))),
       ...data.flows.map(f => h('tr', {'data-flow': f.flow},
         h('td', {}, h('a', {href: `/dashboard/flows/${encodeURIComponent(f.flow)}${q ? '?' + q : ''}`, text: f.flow})),
-        ...metricCells(f.metrics)))));
+        ...metricCells(f.metrics))))));
 }
 async function flowPage(root) {
   const data = await getJSON(`/v1/reports/flows/${encodeURIComponent(page.flow)}?` + scopeQuery());
   const rows = [];
   for (const step of data.steps) {
     rows.push(h('tr', {'data-step': step.step}, h('td', {}, h('strong', {text: step.step})),
-      ...metricCells(step.metrics), h('td', {style: 'text-align:left'}, verdict(step.ab))));
+      ...metricCells(step.metrics), h('td', {class: 'ab'}, verdict(step.ab))));
     for (const v of step.variants) rows.push(h('tr', {class: 'variant', 'data-step': step.step, 'data-variant': v.variant},
       h('td', {text: `variant ${v.variant}`}), ...metricCells(v.metrics),
-      h('td', {style: 'text-align:left', 'data-figure': 'probability_best', text: `P(best) ${pct(v.probability_best)}`})));
+      h('td', {class: 'ab', 'data-figure': 'probability_best', text: `P(best) ${pct(v.probability_best)}`})));
   }
   const form = h('form', {method: 'get', action: `/dashboard/flows/${encodeURIComponent(page.flow)}/preview`, id: 'preview-form'},
     h('input', {name: 'contact', placeholder: 'contact email or id', required: '', size: 32}), ' ',
@@ -195,8 +197,8 @@ async function flowPage(root) {
     cards(data.metrics), h('h2', {text: 'Funnel'}), h('div', {class: 'panel'}, funnel(data.funnel)),
     h('h2', {text: 'Rates by day of sending'}), chart(data.series),
     h('h2', {text: 'Emails and A/B variants'}),
-    h('table', {id: 'steps'}, h('tr', {}, h('th', {text: 'Email'}), ...COLUMNS.map(([t]) => h('th', {text: t})),
-      h('th', {style: 'text-align:left', text: 'A/B'})), ...rows),
+    h('div', {class: 'scroll'}, h('table', {id: 'steps'}, h('tr', {}, h('th', {text: 'Email'}), ...COLUMNS.map(([t]) => h('th', {text: t})),
+      h('th', {style: 'text-align:left', text: 'A/B'})), ...rows)),
     h('h2', {text: 'Preview'}), form);
 }
 async function previewPage(root) {
