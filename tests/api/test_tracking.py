@@ -78,7 +78,7 @@ def hrefs(caught: CaughtMessage) -> list[str]:
 def pixel(caught: CaughtMessage) -> str:
     assert caught.html is not None
     [src] = re.findall(r'<img src="([^"]+/t/o/[^"]+\.gif)"', caught.html)
-    return "/" + src.split("/", 3)[3]
+    return "/" + str(src).split("/", 3)[3]
 
 
 def path(url: str) -> str:
