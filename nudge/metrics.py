@@ -128,9 +128,13 @@ def _flag(condition: ColumnElement[bool]) -> ColumnElement[Any]:
     return func.max(case((condition, 1), else_=0))
 
 
-def attributed_orders(session: AsyncSession, settings: Settings, since: datetime | None) -> Any:
-    """Subquery (order_id, message_id, total): each order placed since `since` with the email
-    it is attributed to (NULL when none)."""
+def attributed_orders(
+    session: AsyncSession, settings: Settings, since: Any = None, contacts: Any = None
+) -> Any:
+    """Subquery (order_id, message_id, total): each order placed since `since` (a datetime or
+    a scalar subquery; by one of
+    `contacts`, a subquery of contact ids, if given) with the email it is attributed to (NULL
+    when none)."""
     event, message = aliased(MessageEvent), aliased(Message)
     click_from = _minus(session, Order.placed_at, settings.attribution_click_days * 86400)
     open_from = _minus(session, Order.placed_at, settings.attribution_open_days * 86400)
@@ -159,6 +163,8 @@ def attributed_orders(session: AsyncSession, settings: Settings, since: datetime
     ).where(Order.status != "refunded")
     if since is not None:
         query = query.where(Order.placed_at >= since)
+    if contacts is not None:
+        query = query.where(Order.contact_id.in_(contacts))
     return query.subquery("attributed")
 
 
@@ -203,7 +209,11 @@ async def figures(
         .group_by(MessageEvent.message_id)
         .subquery("per_message_events")
     )
-    attributed = attributed_orders(session, settings, period.start)
+    # Only orders that can be these messages': their contacts', placed after the first send.
+    first_send = select(func.min(Message.sent_at)).where(*scope).scalar_subquery()
+    attributed = attributed_orders(
+        session, settings, first_send, contacts=select(Message.contact_id).where(*scope)
+    )
     orders = (
         select(
             attributed.c.message_id,

@@ -4,7 +4,8 @@ No build step and nothing fetched from elsewhere (works offline): each page is o
 with its CSS and a small vanilla-JS script that fetches the JSON and draws tables, the funnel and
 an inline-SVG chart.
 
-Access: the pages ask once for the API key (`NUDGE_API_KEY`) and keep it in an HttpOnly,
+Access: the pages ask once for the API key (`NUDGE_API_KEY`) and keep a session token derived
+from it (an HMAC under `NUDGE_SECRET_KEY`, so changing the key signs everyone out) in an HttpOnly,
 SameSite=Strict cookie, which the report endpoints accept as well as the `Authorization` header.
 """
 
@@ -19,7 +20,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from api.deps import SettingsDep
-from api.routers.reports import COOKIE, key_ok
+from api.routers.reports import COOKIE, key_ok, session_ok, session_token
 from nudge.settings import Settings
 
 router = APIRouter(tags=["dashboard"], include_in_schema=False)
@@ -253,7 +254,7 @@ def _login(settings: Settings, next_path: str, error: str = "") -> HTMLResponse:
 
 
 def _signed_in(request: Request, settings: Settings) -> bool:
-    return key_ok(settings, request.cookies.get(COOKIE))
+    return session_ok(settings, request.cookies.get(COOKIE))
 
 
 def _here(request: Request) -> str:
@@ -301,7 +302,7 @@ async def login(request: Request, settings: SettingsDep) -> Response:
     response = RedirectResponse(quote(next_path, safe="/?=&%"), status_code=303)
     response.set_cookie(
         COOKIE,
-        key,
+        session_token(settings),
         httponly=True,
         samesite="strict",
         secure=settings.public_url.startswith("https"),

@@ -1,11 +1,12 @@
 """`GET /v1/reports/...`: the figures of the dashboard as JSON, so they can be scripted.
 
 Authenticated like every `/v1` route (`Authorization: Bearer $NUDGE_API_KEY`) or by the
-dashboard's session cookie, which holds the same key (see api/routers/dashboard.py).
+dashboard's session cookie, an HMAC of that key (see api/routers/dashboard.py).
 """
 
 from __future__ import annotations
 
+import hmac
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
@@ -29,13 +30,29 @@ def key_ok(settings: Settings, given: str | None) -> bool:
     return secrets.compare_digest((given or "").encode(), settings.api_key.encode())
 
 
+def session_token(settings: Settings) -> str:
+    """The dashboard cookie's value: derived from the API key (so it dies with it) without
+    being the key itself."""
+    mac = hmac.new(
+        settings.secret_key.encode(), f"dashboard\x1f{settings.api_key}".encode(), "sha256"
+    )
+    return mac.hexdigest()
+
+
+def session_ok(settings: Settings, given: str | None) -> bool:
+    return secrets.compare_digest((given or "").encode(), session_token(settings).encode())
+
+
 async def require_report_access(
     request: Request,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    given = credentials.credentials if credentials else request.cookies.get(COOKIE)
-    if not key_ok(settings, given):
+    if credentials is not None:
+        allowed = key_ok(settings, credentials.credentials)
+    else:
+        allowed = session_ok(settings, request.cookies.get(COOKIE))
+    if not allowed:
         raise Unauthorized("missing or wrong API key: send `Authorization: Bearer <NUDGE_API_KEY>`")
 
 

@@ -360,6 +360,27 @@ async def test_reports_need_the_key_and_name_bad_parameters(tracked: Stack) -> N
     response = await stack.http.get("/v1/reports/flows?days=0", headers=auth)
     assert response.status_code == 422
     assert (await stack.http.get("/v1/reports/flows/nope", headers=auth)).status_code == 404
+    # The dashboard's sign-in: a cookie derived from the key (not the key), back into the
+    # dashboard only.
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    refused = await stack.http.post("/dashboard/login", content=b"key=nope", headers=form)
+    assert refused.status_code == 401 and "nudge_key" not in refused.cookies
+    signed_in = await stack.http.post(
+        "/dashboard/login",
+        content=f"key={stack.settings.api_key}&next=https://evil.example/".encode(),
+        headers=form,
+    )
+    assert signed_in.status_code == 303 and signed_in.headers["location"] == "/dashboard"
+    cookie = signed_in.cookies["nudge_key"]
+    assert cookie != stack.settings.api_key
+    stack.http.cookies.clear()
+    response = await stack.http.get("/v1/reports/flows", headers={"Cookie": f"nudge_key={cookie}"})
+    assert response.status_code == 200
+    raw = await stack.http.get(
+        "/v1/reports/flows", headers={"Cookie": f"nudge_key={stack.settings.api_key}"}
+    )
+    assert raw.status_code == 401
+    stack.http.cookies.clear()
     schema = (await stack.http.get("/openapi.json")).json()
     assert "/v1/reports/flows/{flow}" in schema["paths"]
     assert "FlowReport" in schema["components"]["schemas"]
