@@ -200,8 +200,9 @@ async def flow_report(
     by_variant = await metrics.figures(session, settings, by=("step", "variant"), **scope)
     for row in await metrics.figures(session, settings, by=("step",), **scope):
         name = str(row.keys["step"])
+        tested = any(v.keys["step"] == name and v.keys["variant"] for v in by_variant)
         # The verdict is over every message of the step, whatever the period shown.
-        verdict = await abtest.evaluate(session, settings, flow, name)
+        verdict = await abtest.evaluate(session, settings, flow, name) if tested else None
         probabilities = verdict.probabilities if verdict else {}
         variants = [
             Variant(

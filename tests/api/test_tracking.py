@@ -411,3 +411,26 @@ def test_text_links_keep_their_punctuation() -> None:
         tracking.instrument(rendered, settings.model_copy(update={"tracking": False}), 7, "m")
         == rendered
     )
+
+
+def test_machine_fetches_are_told_from_people() -> None:
+    assert tracking.machine_agent(BROWSER, "203.0.113.9") is False
+    gmail = (
+        "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
+    )
+    assert tracking.machine_agent(gmail, "66.249.84.1") is False  # fetched as the reader opens
+    for agent, ip in (
+        (APPLE_PROXY, "203.0.113.9"),  # Apple Mail Privacy Protection
+        (BROWSER, "17.58.100.1"),  # from Apple's network
+        ("", None),
+        (None, None),
+        ("Mozilla/5.0 (compatible; Barracuda Sentinel)", None),
+        ("python-requests/2.32", None),
+        ("Mozilla/5.0 HeadlessChrome/120.0", None),
+    ):
+        assert tracking.machine_agent(agent, ip) is True, agent
+    settings = Settings(tracking_scanner_seconds=10)
+    sent = utcnow()
+    assert tracking.scanner_click(sent, sent + timedelta(seconds=9), settings)
+    assert not tracking.scanner_click(sent, sent + timedelta(seconds=10), settings)
+    assert not tracking.scanner_click(None, sent, settings)
