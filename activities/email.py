@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from nudge import personalize, queries, suppression, tokens
+from nudge import abtest, personalize, queries, suppression, tokens, tracking
 from nudge.journeys import SendEmailInput, SendEmailResult, message_id
 from nudge.mail import OutgoingMessage, SmtpSender, build_message, smtp_code
 from nudge.models import Contact, Message, MessageStatus
@@ -95,6 +95,8 @@ class EmailActivities:
         Everything that only reads (filters, the context, rendering) comes before the claim:
         SQLite has one writer, and a transaction holds it from its first write to its commit,
         so claiming first made every concurrent send and ingest wait on this one's rendering."""
+        # A/B: once a step has a recorded winner, only the winner is sent (nudge/abtest.py).
+        job = await abtest.settle_variant(session, job, mid, self.settings)
         existing = await queries.find_message(
             session, job.workflow_id, job.trigger_event_id, job.step
         )
@@ -115,6 +117,7 @@ class EmailActivities:
             return await self._settle(
                 session, job, mid, MessageStatus.FAILED, "template_error", str(err)
             )
+        rendered = tracking.instrument(rendered, self.settings, contact.id, mid)
         message = build_message(
             rendered,
             from_email=self.settings.from_email,

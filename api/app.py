@@ -14,10 +14,13 @@ from api import errors
 from api.deps import require_api_key
 from api.routers import (
     contacts,
+    dashboard,
     events,
     preferences,
+    reports,
     segments,
     suppressions,
+    tracking,
     unsubscribe,
     webhooks,
 )
@@ -73,6 +76,10 @@ def create_app(
     app.include_router(suppressions.router, prefix="/v1", dependencies=[Depends(require_api_key)])
     app.include_router(preferences.router)
     app.include_router(webhooks.router)
+    # Reports take the key as a header or as the dashboard's cookie (api/routers/reports.py).
+    app.include_router(reports.router, prefix="/v1")
+    app.include_router(tracking.router)
+    app.include_router(dashboard.router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

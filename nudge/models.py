@@ -270,6 +270,8 @@ class Message(Base):
     __table_args__ = (
         UniqueConstraint("workflow_id", "trigger_event_id", "step"),
         Index("ix_messages_contact_sent", "contact_id", "sent_at"),
+        # Reports group a flow's messages by send time (nudge/metrics.py).
+        Index("ix_messages_flow_sent", "flow", "sent_at"),
     )
 
 
@@ -392,6 +394,8 @@ class MessageEvent(Base):
     at: Mapped[datetime] = mapped_column(default=utcnow)
     url: Mapped[str | None] = mapped_column(String(2048))
     machine: Mapped[bool] = mapped_column(default=False)
+    # Who fetched the pixel or followed the link, kept to explain a `machine` flag.
+    user_agent: Mapped[str | None] = mapped_column(String(512))
 
     __table_args__ = (Index(None, "contact_id", "kind", "at"),)
 
@@ -455,3 +459,18 @@ class ProviderReport(Base):
 
     id: Mapped[str] = mapped_column(String(255), primary_key=True)  # "<source>:<their id>"
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AbDecision(Base):
+    """The A/B verdict of one flow step: from then on only `winner` is sent (nudge/abtest.py).
+    `numbers` keeps what it was decided on: per variant recipients, successes, P(best)."""
+
+    __tablename__ = "ab_decisions"
+
+    flow: Mapped[str] = mapped_column(String(64), primary_key=True)
+    step: Mapped[str] = mapped_column(String(64), primary_key=True)
+    metric: Mapped[str] = mapped_column(String(16))
+    winner: Mapped[str] = mapped_column(String(32))
+    probability: Mapped[float]
+    numbers: Mapped[dict[str, Any]]
+    decided_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -84,6 +84,20 @@ class Settings(BaseSettings):
     # Postmark signs nothing: its webhook URL carries HTTP basic credentials, checked here.
     postmark_webhook_user: str | None = None
     postmark_webhook_password: str | None = None
+    # Tracking, attribution and A/B winners (README "Tracking and reports").
+    tracking: bool = Field(default=True, description="Open pixel and click redirects in emails")
+    tracking_scanner_seconds: float = Field(
+        default=10, ge=0, description="Clicks this soon after sending are link scanners"
+    )
+    attribution_click_days: float = Field(default=5, gt=0)
+    attribution_open_days: float = Field(default=5, gt=0)
+    ab_metric: str = Field(default="click", pattern=r"^(click|open|order)$")
+    ab_threshold: float = Field(default=0.9, gt=0.5, lt=1)
+    ab_min_recipients: int = Field(default=500, ge=1)
+    ab_check_seconds: float = Field(
+        default=300, ge=0, description="How often a send re-evaluates its step's A/B test"
+    )
+    temporal_ui_url: str = "http://localhost:8233"
 
     @field_validator("time_scale")
     @classmethod

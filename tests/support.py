@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from nudge import tracking
 from nudge.journeys import JourneyState
 from nudge.mailcatcher import CaughtMessage, MailCatcher
 from nudge.models import Message
@@ -24,6 +26,15 @@ def new_id(prefix: str) -> str:
 
 def new_email() -> str:
     return f"ana.{uuid.uuid4().hex[:10]}@example.com"
+
+
+def untracked(text: str, secret: str) -> str:
+    """`text` with each click-tracking link (nudge/tracking.py) replaced by the URL it leads to."""
+    return re.sub(
+        r"https?://[^\s\"'<>]+/t/c/([A-Za-z0-9_.-]+)",
+        lambda match: tracking.verify_click(secret, match.group(1)).url,
+        text,
+    )
 
 
 def cart_event(

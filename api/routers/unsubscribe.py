@@ -17,7 +17,7 @@ from api.deps import FlowsDep, SessionsDep, SettingsDep, TemporalClientDep
 from api.errors import BadToken
 from api.ingest import Ingestor
 from nudge import events as ev
-from nudge import tokens
+from nudge import tokens, tracking
 from nudge.models import Contact, utcnow
 from nudge.settings import Settings
 
@@ -74,6 +74,8 @@ async def unsubscribe(
     await Ingestor(sessions, client, settings, flows).ingest_one(
         event, event.model_dump(mode="json", exclude_unset=True)
     )
+    async with sessions.begin() as session:
+        await tracking.record_unsubscribe(session, contact.id, message_id)
     return page(
         settings,
         "You are unsubscribed",

@@ -32,7 +32,7 @@ from nudge.models import Contact, Coupon, Message, Segment, SegmentMember, utcno
 from nudge.render import TEMPLATES, RenderedEmail, Renderer
 from nudge.segments import ensure_builtin_segments
 from nudge.settings import Settings
-from support import cart_event, new_email, new_id
+from support import cart_event, new_email, new_id, untracked
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -445,7 +445,8 @@ async def test_emails_speak_the_contacts_locale_and_show_their_loyalty(
     assert "Silver member: 1\xa0234 points\n" in first.text
     assert "Silver member · 1\xa0234 points" in first.html
     assert '<img src="https://shop.example/logo.png" alt="Nudge Store"' in first.html
-    assert f"{settings.public_url}\nUnsubscribe: {settings.public_url}/u/" in first.text
+    text = untracked(first.text, settings.secret_key)  # links go through click tracking
+    assert f"{settings.public_url}\nUnsubscribe: {settings.public_url}/u/" in text
 
 
 async def test_the_context_holds_segments_loyalty_last_order_and_recommendations(
