@@ -4,11 +4,9 @@ transactional."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.testing import ActivityEnvironment
@@ -17,7 +15,6 @@ from activities.email import EmailActivities
 from conftest import make_settings
 from nudge import events as ev
 from nudge import queries, suppression
-from nudge.db import create_engine, session_maker
 from nudge.journeys import SendEmailInput, SendEmailResult
 from nudge.mail import SmtpSender
 from nudge.mailcatcher import MailCatcher
@@ -26,13 +23,6 @@ from nudge.settings import Settings
 from support import cart_event, new_email, new_id
 
 Sessions = async_sessionmaker[AsyncSession]
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def sessions(db_url: str) -> AsyncIterator[Sessions]:
-    engine = create_engine(db_url)
-    yield session_maker(engine)
-    await engine.dispose()
 
 
 @pytest.fixture
