@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from datetime import datetime
+from datetime import datetime, time
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -28,6 +29,11 @@ class JourneyInput(BaseModel):
     key: str = Field(description="What the journey is about, e.g. the cart token")
     trigger_event_id: str
     time_scale: float = Field(default=1.0, gt=0)
+    # The contact's IANA timezone when the journey started (the store's when unknown): the zone
+    # of `wait_until` and of quiet hours.
+    timezone: str | None = None
+    # The store's quiet hours, "21:00-08:00" (NUDGE_QUIET_HOURS); "" for none.
+    quiet_hours: str | None = None
 
 
 class JourneyEvent(BaseModel):
@@ -78,6 +84,15 @@ class SendEmailInput(BaseModel):
     # step by name -> template, so the activity can send a recorded winner instead.
     variant: str | None = None
     variants: dict[str, str] | None = None
+    # Flow filters (activities/filters.py) re-checked from the database before this message.
+    filters: list[str] | None = None
+    # Smart sending: skip this step if the contact got a marketing email in the last
+    # NUDGE_SMART_SENDING_HOURS (divided by `time_scale`), measured in workflow time (`now`).
+    smart_sending: bool = False
+    time_scale: float = 1.0
+    now: datetime | None = None
+    # A step's own incentive (a win-back ladder grows it); None: what the contact's segments get.
+    offer_percent: int | None = None
 
 
 class SendEmailResult(BaseModel):
@@ -85,6 +100,28 @@ class SendEmailResult(BaseModel):
     status: str = Field(description="sent, skipped or failed")
     reason: str | None = None
     error: str | None = None
+
+
+def parse_clock(value: str) -> time:
+    """ "HH:MM" as a time of day; ValueError naming the value otherwise."""
+    try:
+        hour, minute = value.strip().split(":")
+        return time(int(hour), int(minute))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a time of day HH:MM (e.g. 08:00)") from None
+
+
+def parse_quiet_hours(value: str | None) -> tuple[time, time] | None:
+    """ "21:00-08:00" as (start, end); None for "" (no quiet hours). The window may wrap."""
+    if not value or not value.strip():
+        return None
+    parts = value.split("-")
+    if len(parts) != 2:
+        raise ValueError(f"{value!r} is not a window HH:MM-HH:MM (e.g. 21:00-08:00)")
+    start, end = parse_clock(parts[0]), parse_clock(parts[1])
+    if start == end:
+        raise ValueError(f"{value!r} starts and ends at the same time")
+    return start, end
 
 
 def workflow_id(flow: str, contact_id: int, key: str) -> str:
@@ -95,6 +132,48 @@ def message_id(workflow_id: str, trigger_event_id: str, step: str, domain: str) 
     """The RFC 5322 Message-ID of one journey step: the same on every retry and replay."""
     digest = hashlib.sha256(f"{workflow_id}\x1f{trigger_event_id}\x1f{step}".encode()).hexdigest()
     return f"{digest[:32]}@{domain}"
+
+
+class ContactProfileInput(BaseModel):
+    contact_id: int
+
+
+class ContactProfile(BaseModel):
+    """What a conditional split may branch on, read from the database at that step."""
+
+    segments: list[str] = []
+    properties: dict[str, Any] = {}
+    tags: list[str] = []
+    orders: int = 0
+    # The last open or click (machine opens excluded), if any.
+    last_engaged_at: datetime | None = None
+
+
+class ContactUpdateInput(BaseModel):
+    """A flow step that changes the contact: properties merged, tags added, or (with
+    `suppress`) the contact suppressed from marketing with that reason, e.g. "sunset"."""
+
+    workflow_id: str
+    step: str
+    contact_id: int
+    properties: dict[str, str | int | float | bool | None] = {}
+    tags: list[str] = []
+    suppress: str | None = None
+
+
+class WebhookInput(BaseModel):
+    """A signed outbound webhook to a named endpoint (NUDGE_WEBHOOKS), for other channels."""
+
+    workflow_id: str
+    step: str
+    contact_id: int
+    flow: str
+    endpoint: str
+    payload: dict[str, Any] = {}
+
+
+class WebhookResult(BaseModel):
+    status_code: int
 
 
 class SegmentRefreshInput(BaseModel):

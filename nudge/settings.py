@@ -5,9 +5,12 @@ from __future__ import annotations
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from nudge.journeys import parse_quiet_hours
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = ROOT / "data"
@@ -98,6 +101,48 @@ class Settings(BaseSettings):
         default=300, ge=0, description="How often a send re-evaluates its step's A/B test"
     )
     temporal_ui_url: str = "http://localhost:8233"
+
+    # Flow toolkit (README "Flows"): the store's timezone for contacts without one, quiet hours
+    # in the contact's timezone ("" for none), smart sending's window, outbound webhooks.
+    store_timezone: str = "UTC"
+    quiet_hours: str = Field(default="21:00-08:00", description='"HH:MM-HH:MM", or "" for none')
+    smart_sending_hours: float = Field(default=16, ge=0)
+    webhooks: dict[str, str] = Field(
+        default_factory=dict,
+        description='Named outbound webhooks for flow steps, JSON: {"sms": "https://..."}',
+    )
+    webhook_secret: str | None = Field(
+        default=None, description="Signs outbound webhooks; NUDGE_SECRET_KEY when unset"
+    )
+    webhook_timeout: float = Field(default=10, gt=0)
+
+    @field_validator("store_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"NUDGE_STORE_TIMEZONE: unknown IANA timezone {value!r} (e.g. 'Europe/Lisbon')"
+            ) from None
+        return value
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet(cls, value: str) -> str:
+        try:
+            parse_quiet_hours(value)
+        except ValueError as err:
+            raise ValueError(f"NUDGE_QUIET_HOURS: {err}") from None
+        return value
+
+    @field_validator("webhooks")
+    @classmethod
+    def _webhook_urls(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, url in value.items():
+            if not url.startswith(("https://", "http://")):
+                raise ValueError(f"NUDGE_WEBHOOKS[{name!r}]: {url!r} is not an http(s) URL")
+        return value
 
     @field_validator("time_scale")
     @classmethod
