@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client
-from temporalio.testing import WorkflowEnvironment
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
-from nudge import tracking
-from nudge.journeys import JourneyState
+from activities.segments import SegmentActivities
+from api.ingest import Ingestor
+from nudge import queries, segments, tracking
+from nudge.journeys import JourneyState, SegmentRefreshInput, SegmentRefreshResult
 from nudge.mailcatcher import CaughtMessage, MailCatcher
-from nudge.models import Message
+from nudge.models import Journey as JourneyRow
+from nudge.models import Message, utcnow
 from nudge.settings import Settings
+from workflows.journey import Journey
 
 
 def new_id(prefix: str) -> str:
@@ -96,6 +102,34 @@ def order_event(
     }
 
 
+def refund_event(email: str, order_id: str, *, occurred_at: str | None = None) -> dict[str, Any]:
+    return {
+        "id": new_id("evt"),
+        "type": "order_refunded",
+        "occurred_at": occurred_at or iso(utcnow()),
+        "contact": {"email": email},
+        "order": {"id": order_id},
+    }
+
+
+def unsubscribe_event(email: str) -> dict[str, Any]:
+    return {
+        "id": new_id("evt"),
+        "type": "customer_unsubscribed",
+        "occurred_at": iso(utcnow()),
+        "contact": {"email": email},
+    }
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def days_ago(days: float) -> str:
+    """An `occurred_at` `days` before now (wall clock: the database's time)."""
+    return iso(utcnow() - timedelta(days=days))
+
+
 @dataclass
 class Stack:
     """The API (in process), a real worker, Temporal, the database and an SMTP server."""
@@ -139,3 +173,47 @@ class Stack:
 
     def mail_to(self, email: str) -> list[CaughtMessage]:
         return [m for m in self.mail.messages if email in m.rcpt_tos]
+
+
+# ---- segments and journeys of the lifecycle flows (win-back, VIP, sunset) ----------------------
+
+
+async def contact_id(stack: Stack, email: str) -> int:
+    async with stack.sessions() as session:
+        contact = await queries.contact_by_email(session, email)
+    assert contact is not None, f"no contact {email}"
+    return contact.id
+
+
+async def refresh_segments(
+    stack: Stack, flows: Sequence[type[Journey]], now: datetime
+) -> SegmentRefreshResult:
+    """The hourly refresh of time-based segments at `now` (the activity the `segment_refresh`
+    workflow runs), starting the journeys of `flows` that its entries trigger."""
+    refresh = SegmentActivities(stack.sessions, stack.temporal, stack.settings, flows=flows)
+    return await ActivityEnvironment().run(
+        refresh.refresh_time_based_segments, SegmentRefreshInput(now=now)
+    )
+
+
+async def refresh_contact(
+    stack: Stack, flows: Sequence[type[Journey]], contact: int, now: datetime
+) -> list[str]:
+    """What the next event about one contact does to its segments, at `now`: its memberships
+    recomputed and the journeys of `flows` that its entries trigger started (workflow ids).
+    For a clock months ahead without moving every other contact of the session's database."""
+    router = Ingestor(stack.sessions, stack.temporal, stack.settings, flows)
+    async with stack.sessions.begin() as session:
+        await segments.refresh_contact(session, contact, now, triggers=router.segment_flows.keys())
+    return await router.route_segment_entries(contact)
+
+
+async def journeys(stack: Stack, flow: str, contact: int) -> list[JourneyRow]:
+    """The journeys of `flow` started for the contact (one row per run), oldest first."""
+    async with stack.sessions() as session:
+        rows = await session.scalars(
+            select(JourneyRow)
+            .where(JourneyRow.flow == flow, JourneyRow.contact_id == contact)
+            .order_by(JourneyRow.id)
+        )
+        return list(rows)

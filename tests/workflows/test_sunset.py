@@ -1,0 +1,232 @@
+"""The sunset flow on the time-skipping server, through the real hourly segment refresh, API
+(tracking included), worker, database and SMTP server."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import pytest_asyncio
+from sqlalchemy import select, update
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from conftest import open_stack
+from nudge import suppression
+from nudge.journeys import JourneyStatus
+from nudge.mailcatcher import CaughtMessage, MailCatcher
+from nudge.models import Contact, Message, MessageEvent, MessageStatus, utcnow
+from nudge.segments import segments_of
+from support import (
+    Stack,
+    cart_event,
+    contact_id,
+    journeys,
+    new_email,
+    new_id,
+    refresh_contact,
+    refresh_segments,
+    unsubscribe_event,
+)
+from workflows.cart_abandonment import CartAbandonment
+from workflows.sunset import Sunset
+
+# The cart flow sends the contact a real marketing email: the one they never open.
+FLOWS = (Sunset, CartAbandonment)
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:132.0) Gecko/20100101 Firefox/132.0"
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def stack(
+    time_env: WorkflowEnvironment, temporal: Client, db_url: str, mailcatcher: MailCatcher
+) -> AsyncIterator[Stack]:
+    async with open_stack(time_env, temporal, db_url, mailcatcher, flows=FLOWS) as opened:
+        yield opened
+
+
+async def post(stack: Stack, body: dict[str, Any]) -> list[str]:
+    response = await stack.post(body)
+    assert response.status_code == 202, response.text
+    [result] = response.json()["results"]
+    return list(result["journeys"])
+
+
+async def silent_for_half_a_year(
+    stack: Stack, time_env: WorkflowEnvironment, email: str
+) -> tuple[int, str]:
+    """A contact known for 200 days who was just sent a cart reminder (a real email) and has
+    never opened or clicked anything; the hourly refresh puts them in `unengaged_180` and
+    starts their sunset journey. Returns the contact id and the workflow id."""
+    await post(stack, cart_event(email, new_id("cart")))
+    await time_env.sleep(timedelta(hours=2, minutes=5))
+    assert [m.message["X-Nudge-Step"] for m in stack.mail_to(email)] == ["cart_1"]
+    cid = await contact_id(stack, email)
+    async with stack.sessions.begin() as session:
+        await session.execute(
+            update(Contact)
+            .where(Contact.id == cid)
+            .values(created_at=utcnow() - timedelta(days=200))
+        )
+    result = await refresh_segments(stack, FLOWS, utcnow())
+    assert result.segments["unengaged_180"].entered >= 1
+    wid = f"sunset-{cid}-unengaged_180"
+    assert [j.workflow_id for j in await journeys(stack, "sunset", cid)] == [wid]
+    return cid, wid
+
+
+def sunset_mail(stack: Stack, email: str) -> CaughtMessage:
+    [mail] = [m for m in stack.mail_to(email) if m.message["X-Nudge-Step"] == "sunset_1"]
+    return mail
+
+
+async def on_journey_clock(stack: Stack, cid: int) -> None:
+    """Put the contact's opens and clicks on the test server's clock: it runs ahead of the wall
+    clock (which the tracking endpoints stamp) by all the time earlier tests skipped, and the
+    journey compares them with its own start."""
+    ahead = await stack.env.get_current_time() - utcnow()
+    async with stack.sessions.begin() as session:
+        for event in await session.scalars(
+            select(MessageEvent).where(MessageEvent.contact_id == cid)
+        ):
+            event.at += ahead
+
+
+async def test_no_engagement_in_14_days_suppresses_the_contact_from_marketing(
+    stack: Stack, time_env: WorkflowEnvironment
+) -> None:
+    email = new_email()
+    cid, wid = await silent_for_half_a_year(stack, time_env, email)
+
+    state = await stack.finish(wid)
+
+    assert (state.status, state.exit_reason) == (JourneyStatus.EXITED, "sunset")
+    # Sent at once although the cart reminder went out minutes before: smart sending is off.
+    assert [(e.step, e.status) for e in state.emails] == [("sunset_1", "sent")]
+    assert state.started_at is not None
+    assert state.emails[0].at - state.started_at < timedelta(minutes=1)
+    mail = sunset_mail(stack, email)
+    assert "still want to hear from us" in (mail.text or "")
+    rows = await stack.messages(wid)
+    assert rows[0].variant in ("a", "b")
+    assert rows[0].template == {"a": "sunset_1", "b": "sunset_1_b"}[rows[0].variant]
+    async with stack.sessions() as session:
+        [row] = await suppression.of_contact(session, cid)
+    assert (row.reason, row.source) == ("sunset", "flow")
+
+    # Marketing now stops at the send: a new abandoned cart gets no reminder.
+    [cart_wid] = await post(stack, cart_event(email, new_id("cart")))
+    cart = await stack.finish(cart_wid)
+    assert (cart.status, cart.exit_reason) == (JourneyStatus.EXITED, "suppressed")
+    steps = [m.message["X-Nudge-Step"] for m in stack.mail_to(email)]
+    assert steps.count("cart_1") == 1
+
+
+async def test_a_click_on_the_button_keeps_the_contact(
+    stack: Stack, time_env: WorkflowEnvironment
+) -> None:
+    email = new_email()
+    cid, wid = await silent_for_half_a_year(stack, time_env, email)
+    await time_env.sleep(timedelta(days=3))
+    await click_the_button(stack, email, cid)
+    await on_journey_clock(stack, cid)
+
+    state = await stack.finish(wid)
+
+    assert (state.status, state.exit_reason) == (JourneyStatus.COMPLETED, "kept")
+    async with stack.sessions() as session:
+        assert await suppression.of_contact(session, cid) == []
+
+
+async def test_a_privacy_proxy_open_is_not_engagement(
+    stack: Stack, time_env: WorkflowEnvironment
+) -> None:
+    email = new_email()
+    cid, wid = await silent_for_half_a_year(stack, time_env, email)
+    html = sunset_mail(stack, email).html or ""
+    [pixel] = re.findall(r'<img src="([^"]+/t/o/[^"]+)"', html)
+    # Apple Mail Privacy Protection fetches every image with this bare user agent.
+    response = await stack.http.get(
+        pixel.replace(stack.settings.public_url.rstrip("/"), ""),
+        headers={"User-Agent": "Mozilla/5.0"},
+    )
+    assert response.status_code == 200
+    await on_journey_clock(stack, cid)
+
+    state = await stack.finish(wid)
+
+    assert (state.status, state.exit_reason) == (JourneyStatus.EXITED, "sunset")
+
+
+async def test_unsubscribing_ends_it_without_a_sunset_suppression(
+    stack: Stack, time_env: WorkflowEnvironment
+) -> None:
+    email = new_email()
+    cid, wid = await silent_for_half_a_year(stack, time_env, email)
+    await time_env.sleep(timedelta(days=1))
+    assert wid in await post(stack, unsubscribe_event(email))
+    state = await stack.finish(wid)
+    assert (state.status, state.exit_reason) == (JourneyStatus.EXITED, "customer_unsubscribed")
+    async with stack.sessions() as session:
+        assert "sunset" not in {s.reason for s in await suppression.of_contact(session, cid)}
+
+
+async def test_a_contact_is_asked_once_ever(stack: Stack, time_env: WorkflowEnvironment) -> None:
+    email = new_email()
+    cid, wid = await silent_for_half_a_year(stack, time_env, email)
+    assert (await stack.finish(wid)).exit_reason == "sunset"
+    # Later on they click a link in the re-permission email after all: engaged, they leave
+    # `unengaged_180` at the next refresh.
+    await click_the_button(stack, email, cid)
+    assert await refresh_contact(stack, FLOWS, cid, utcnow()) == []
+    async with stack.sessions() as session:
+        assert "unengaged_180" not in {sid for sid, _, _ in await segments_of(session, cid)}
+    # Half a year on, mailed once more (a newsletter) and silent again: back in
+    # `unengaged_180`, but the question is not asked twice.
+    later = utcnow() + timedelta(days=200)
+    async with stack.sessions.begin() as session:
+        session.add(
+            Message(
+                message_id=f"{new_id('m')}@shop.example",
+                workflow_id=f"newsletter-{cid}-june",
+                trigger_event_id=new_id("evt"),
+                step="newsletter",
+                flow="newsletter",
+                contact_id=cid,
+                template="newsletter",
+                status=MessageStatus.SENT,
+                sent_at=later - timedelta(days=10),
+            )
+        )
+    assert await refresh_contact(stack, FLOWS, cid, later) == []
+    async with stack.sessions() as session:
+        assert "unengaged_180" in {sid for sid, _, _ in await segments_of(session, cid)}
+    assert len(await journeys(stack, "sunset", cid)) == 1
+
+
+async def click_the_button(stack: Stack, email: str, cid: int) -> None:
+    """Click "keep me on the list" in a browser, a while after the send (a click within seconds
+    of a send is a link scanner's, NUDGE_TRACKING_SCANNER_SECONDS)."""
+    html = sunset_mail(stack, email).html or ""
+    [button] = [
+        href
+        for tag, href in re.findall(r'(<a\b[^>]*?href="([^"]+)"[^>]*>)', html)
+        if 'class="button"' in tag
+    ]
+    assert "/t/c/" in button  # tracked: the click is recorded
+    await _age_sends(stack, cid)
+    response = await stack.http.get(
+        button.replace(stack.settings.public_url.rstrip("/"), ""), headers={"User-Agent": BROWSER}
+    )
+    assert response.status_code == 302
+    assert response.headers["location"].rstrip("/") == stack.settings.public_url.rstrip("/")
+
+
+async def _age_sends(stack: Stack, cid: int) -> None:
+    """The contact's emails as sent a minute earlier: a click within seconds of a send is a
+    link scanner's (NUDGE_TRACKING_SCANNER_SECONDS)."""
+    async with stack.sessions.begin() as session:
+        for message in await session.scalars(select(Message).where(Message.contact_id == cid)):
+            if message.sent_at is not None:
+                message.sent_at -= timedelta(minutes=1)
