@@ -7,6 +7,7 @@ import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest_asyncio
 from temporalio.client import Client
@@ -26,14 +27,17 @@ from support import (
     new_email,
     new_id,
     order_event,
+    quiet_window,
     refund_event,
     unsubscribe_event,
 )
 from workflows.cart_abandonment import CartAbandonment
+from workflows.journey import choose
 from workflows.vip import Vip
 
 FLOWS = (Vip, CartAbandonment)
 VIP_STEPS = ["vip_1", "vip_2", "vip_3"]
+LISBON = ZoneInfo("Europe/Lisbon")
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -53,7 +57,7 @@ async def post(stack: Stack, body: dict[str, Any]) -> list[str]:
 
 def order(email: str, order_id: str | None = None, total: str = "49.00") -> dict[str, Any]:
     body = order_event(email, order_id or new_id("order"))
-    body["contact"]["first_name"] = "Ana"
+    body["contact"] |= {"first_name": "Ana", "timezone": "Europe/Lisbon"}
     body["order"]["total"] = body["order"]["lines"][0]["price"] = total
     return body
 
@@ -98,9 +102,13 @@ async def test_a_third_order_makes_a_vip_who_gets_thanks_early_access_and_points
     assert status.points > 0 and status.tier
     assert f"You have {status.points:,} points" in (caught[2].text or "")
     assert status.tier.title() in caught[2].message["Subject"]
+    # The A/B'd thank-you: the contact's own variant, recorded, and its subject sent.
     rows = await stack.messages(vip)
-    assert rows[0].variant in ("a", "b")
-    assert rows[0].template == {"a": "vip_1", "b": "vip_1_b"}[rows[0].variant]
+    variant = choose(f"vip\x1fvip_1\x1f{cid}", {"a": 50, "b": 50})
+    assert (rows[0].variant, state.emails[0].variant) == (variant, variant)
+    assert rows[0].template == {"a": "vip_1", "b": "vip_1_b"}[variant]
+    subject = {"a": "Thank you for coming back", "b": "You are one of our best customers"}
+    assert caught[0].message["Subject"].startswith(subject[variant])
 
 
 async def test_a_one_time_buyer_gets_the_second_purchase_nudge_a_week_later(
@@ -194,6 +202,29 @@ async def test_a_recent_marketing_email_skips_the_thank_you_and_the_rest_goes_on
         ("vip_2", "sent", None),
         ("vip_3", "sent", None),
     ]
+
+
+async def test_quiet_hours_hold_the_thank_you_until_they_end(
+    time_env: WorkflowEnvironment, temporal: Client, db_url: str, mailcatcher: MailCatcher
+) -> None:
+    now = await time_env.get_current_time()
+    window = quiet_window(
+        now, "Europe/Lisbon", starts_in=-timedelta(minutes=30), lasts=timedelta(hours=3)
+    )
+    async with open_stack(
+        time_env, temporal, db_url, mailcatcher, FLOWS, settings_overrides={"quiet_hours": window}
+    ) as quiet:
+        email = new_email()
+        await post(quiet, order(email, total="600.00"))  # a VIP inside the window
+        state = await quiet.finish(f"vip-{await contact_id(quiet, email)}-vip")
+
+    assert state.started_at is not None
+    assert [(e.step, e.status) for e in state.emails] == [(s, "sent") for s in VIP_STEPS]
+    # Due at once, held (not dropped) and sent as the window ends; the rest keeps its rhythm.
+    first = state.emails[0].at
+    assert timedelta(hours=2) < first - state.started_at < timedelta(hours=2, minutes=35)
+    assert f"{first.astimezone(LISBON):%H:%M}" == window.split("-")[1]
+    assert timedelta(days=3) <= state.emails[1].at - first < timedelta(days=3, hours=1)
 
 
 async def test_each_segment_starts_it_once_ever(stack: Stack) -> None:

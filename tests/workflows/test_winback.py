@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 import pytest_asyncio
 from temporalio.client import Client
@@ -27,17 +28,20 @@ from support import (
     new_email,
     new_id,
     order_event,
+    quiet_window,
     refresh_contact,
     refresh_segments,
     refund_event,
     unsubscribe_event,
 )
 from workflows.cart_abandonment import CartAbandonment
+from workflows.journey import choose
 from workflows.winback import Winback
 
 # The cart flow is here for a marketing email shortly before the lapse (smart sending).
 FLOWS = (Winback, CartAbandonment)
 LADDER = ["winback_1", "winback_2", "winback_3"]
+LISBON = ZoneInfo("Europe/Lisbon")
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -56,8 +60,11 @@ async def post(stack: Stack, body: dict[str, object]) -> list[str]:
 
 
 async def lapsed(stack: Stack, email: str, *, days: float = 31) -> tuple[int, str]:
-    """A customer whose only order is `days` old: lapsed at once, as the order is ingested."""
-    await post(stack, order_event(email, new_id("order"), occurred_at=days_ago(days)))
+    """A customer in Lisbon whose only order is `days` old: lapsed at once, as the order is
+    ingested."""
+    body = order_event(email, new_id("order"), occurred_at=days_ago(days))
+    body["contact"] |= {"first_name": "Ana", "timezone": "Europe/Lisbon"}
+    await post(stack, body)
     cid = await contact_id(stack, email)
     return cid, f"winback-{cid}-lapsed_30"
 
@@ -99,8 +106,13 @@ async def test_a_lapsed_customer_climbs_the_ladder_from_the_hourly_refresh(stack
         assert f"{percent}% off" in (message.text or "")
     rows = await stack.messages(wid)
     assert [(r.step, r.status) for r in rows] == [(s, "sent") for s in LADDER]
-    assert rows[0].variant in ("a", "b") and rows[1].variant is None
-    assert rows[0].template == {"a": "winback_1", "b": "winback_1_b"}[rows[0].variant]
+    # The A/B'd first rung: the contact's own variant, recorded, and its subject sent.
+    variant = choose(f"winback\x1fwinback_1\x1f{cid}", {"a": 50, "b": 50})
+    assert (rows[0].variant, state.emails[0].variant) == (variant, variant)
+    assert rows[0].template == {"a": "winback_1", "b": "winback_1_b"}[variant]
+    subject = {"a": "It has been a while", "b": "10% off to welcome you back"}[variant]
+    assert caught[0].message["Subject"].startswith(subject)
+    assert rows[1].variant is None and rows[2].variant is None
 
 
 async def test_an_order_ends_it_wherever_it_waits(
@@ -175,6 +187,29 @@ async def test_a_recent_marketing_email_skips_a_rung_and_the_ladder_goes_on(
     ]
     steps = [m.message["X-Nudge-Step"] for m in stack.mail_to(email)]
     assert "winback_1" not in steps and steps[-2:] == ["winback_2", "winback_3"]
+
+
+async def test_quiet_hours_hold_the_first_rung_until_they_end(
+    time_env: WorkflowEnvironment, temporal: Client, db_url: str, mailcatcher: MailCatcher
+) -> None:
+    now = await time_env.get_current_time()
+    window = quiet_window(
+        now, "Europe/Lisbon", starts_in=-timedelta(minutes=30), lasts=timedelta(hours=3)
+    )
+    async with open_stack(
+        time_env, temporal, db_url, mailcatcher, FLOWS, settings_overrides={"quiet_hours": window}
+    ) as quiet:
+        _, wid = await lapsed(quiet, new_email())  # lapses inside the window
+        state = await quiet.finish(wid)
+
+    assert state.status == JourneyStatus.COMPLETED and state.started_at is not None
+    assert [(e.step, e.status) for e in state.emails] == [(s, "sent") for s in LADDER]
+    # Due at once, held (not dropped) and sent as the window ends; the ladder keeps its rhythm.
+    first = state.emails[0].at
+    assert timedelta(hours=2) < first - state.started_at < timedelta(hours=2, minutes=35)
+    assert f"{first.astimezone(LISBON):%H:%M}" == window.split("-")[1]
+    for email, days in zip(state.emails[1:], (30, 60), strict=True):
+        assert timedelta(days=days) <= email.at - first < timedelta(days=days, hours=1)
 
 
 async def test_a_second_lapse_gets_the_ladder_again_but_a_refund_flap_does_not(
