@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+from temporalio.worker import Replayer
 
 from activities.segments import SegmentActivities
 from api.ingest import Ingestor
@@ -23,6 +27,7 @@ from nudge.mailcatcher import CaughtMessage, MailCatcher
 from nudge.models import Journey as JourneyRow
 from nudge.models import Message, utcnow
 from nudge.settings import Settings
+from workflows import FLOWS
 from workflows.journey import Journey
 
 
@@ -217,3 +222,19 @@ async def journeys(stack: Stack, flow: str, contact: int) -> list[JourneyRow]:
             .order_by(JourneyRow.id)
         )
         return list(rows)
+
+
+HISTORIES = Path(__file__).parent / "workflows" / "histories"
+
+
+async def record_history(stack: Stack, name: str, workflow_id: str) -> None:
+    """Replay a journey that just ran on the current flows (a fresh history must replay), and
+    with NUDGE_RECORD_HISTORIES=1 keep it as `tests/workflows/histories/<name>.json`, which
+    test_replay.py replays from then on: commit it when a flow changes on purpose."""
+    history = await stack.temporal.get_workflow_handle(workflow_id).fetch_history()
+    await Replayer(workflows=list(FLOWS), data_converter=pydantic_data_converter).replay_workflow(
+        history
+    )
+    if os.environ.get("NUDGE_RECORD_HISTORIES"):
+        HISTORIES.mkdir(exist_ok=True)
+        (HISTORIES / f"{name}.json").write_text(history.to_json())

@@ -29,6 +29,7 @@ from support import (
     new_email,
     new_id,
     quiet_window,
+    record_history,
     refresh_contact,
     refresh_segments,
     unsubscribe_event,
@@ -143,6 +144,7 @@ async def test_no_engagement_in_14_days_suppresses_the_contact_from_marketing(
     async with stack.sessions() as session:
         [row] = await suppression.of_contact(session, cid)
     assert (row.reason, row.source) == ("sunset", "flow")
+    await record_history(stack, "sunset_suppressed", wid)
 
     # Marketing now stops at the send: a new abandoned cart gets no reminder.
     [cart_wid] = await post(stack, cart_event(email, new_id("cart")))
@@ -166,6 +168,7 @@ async def test_a_click_on_the_button_keeps_the_contact(
     assert (state.status, state.exit_reason) == (JourneyStatus.COMPLETED, "kept")
     async with stack.sessions() as session:
         assert await suppression.of_contact(session, cid) == []
+    await record_history(stack, "sunset_kept", wid)
 
 
 async def test_a_privacy_proxy_open_is_not_engagement(

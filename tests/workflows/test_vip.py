@@ -28,6 +28,7 @@ from support import (
     new_id,
     order_event,
     quiet_window,
+    record_history,
     refund_event,
     unsubscribe_event,
 )
@@ -109,6 +110,7 @@ async def test_a_third_order_makes_a_vip_who_gets_thanks_early_access_and_points
     assert rows[0].template == {"a": "vip_1", "b": "vip_1_b"}[variant]
     subject = {"a": "Thank you for coming back", "b": "You are one of our best customers"}
     assert caught[0].message["Subject"].startswith(subject[variant])
+    await record_history(stack, "vip_completed", vip)
 
 
 async def test_a_one_time_buyer_gets_the_second_purchase_nudge_a_week_later(
@@ -127,6 +129,7 @@ async def test_a_one_time_buyer_gets_the_second_purchase_nudge_a_week_later(
     async with stack.sessions() as session:
         coupon = await session.get(Coupon, code)
     assert coupon is not None and int(coupon.value) == stack.settings.coupon_percent
+    await record_history(stack, "vip_second_purchase_completed", wid)
 
 
 async def test_a_second_order_ends_the_nudge(stack: Stack, time_env: WorkflowEnvironment) -> None:
@@ -141,6 +144,7 @@ async def test_a_second_order_ends_the_nudge(stack: Stack, time_env: WorkflowEnv
         [],
     )
     assert stack.mail_to(email) == []
+    await record_history(stack, "vip_second_purchase_converted", wid)
 
 
 async def test_a_second_order_that_never_reached_the_journey_still_ends_it(stack: Stack) -> None:

@@ -29,6 +29,7 @@ from support import (
     new_id,
     order_event,
     quiet_window,
+    record_history,
     refresh_contact,
     refresh_segments,
     refund_event,
@@ -113,6 +114,7 @@ async def test_a_lapsed_customer_climbs_the_ladder_from_the_hourly_refresh(stack
     subject = {"a": "It has been a while", "b": "10% off to welcome you back"}[variant]
     assert caught[0].message["Subject"].startswith(subject)
     assert rows[1].variant is None and rows[2].variant is None
+    await record_history(stack, "winback_completed", wid)
 
 
 async def test_an_order_ends_it_wherever_it_waits(
@@ -130,6 +132,7 @@ async def test_an_order_ends_it_wherever_it_waits(
     assert [e.step for e in state.emails] == LADDER[:2]
     await time_env.sleep(timedelta(days=40))
     assert len(stack.mail_to(email)) == 2
+    await record_history(stack, "winback_converted", wid)
 
 
 async def test_an_order_that_never_reached_the_journey_still_stops_it(stack: Stack) -> None:
