@@ -30,6 +30,7 @@ from temporalio.client import (
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
+from activities.contacts import ContactActivities
 from activities.email import EmailActivities
 from activities.segments import SegmentActivities
 from nudge import segments as segment_store
@@ -56,13 +57,16 @@ def build_worker(
     *,
     flows: Sequence[type] = FLOWS,
     segments: SegmentActivities | None = None,
+    contacts: ContactActivities | None = None,
     **options: Any,
 ) -> Worker:
-    """A worker for `flows` and the segment refresh; its activity runs where `segments` is given."""
+    """A worker for `flows` and the segment refresh; its activity runs where `segments` is given.
+    The contact steps (profile, update) run on `email`'s database unless `contacts` is given."""
     options.setdefault("max_cached_workflows", MAX_CACHED_WORKFLOWS)
     options.setdefault("max_concurrent_workflow_task_polls", WORKFLOW_TASK_POLLS)
     options.setdefault("nonsticky_to_sticky_poll_ratio", NONSTICKY_TO_STICKY_POLL_RATIO)
-    activities: list[Any] = [email.send_email]
+    contacts = contacts or ContactActivities(email.sessions, settings)
+    activities: list[Any] = [email.send_email, contacts.profile, contacts.update_contact]
     if segments is not None:
         activities.append(segments.refresh_time_based_segments)
     return Worker(
