@@ -386,7 +386,9 @@ class Journey:
 
     async def profile(self) -> ContactProfile:
         """The contact as the database has it now: segments, properties, tags, orders."""
-        profile: ContactProfile = await workflow.execute_activity(
+        # A local activity: one quick read, done in the worker without a task round trip (one
+        # marker in the history instead of an activity's three events).
+        profile: ContactProfile = await workflow.execute_local_activity(
             "contact_profile",
             ContactProfileInput(contact_id=self.input.contact_id),
             result_type=ContactProfile,
