@@ -148,9 +148,10 @@ async def open_stack(
     db_url: str,
     mailcatcher: MailCatcher,
     flows: Sequence[type[JourneyFlow]] = FLOWS,
+    settings_overrides: dict[str, object] | None = None,
 ) -> AsyncIterator[Stack]:
     """API + worker for `flows` on the time-skipping server: flows run days in milliseconds."""
-    settings = make_settings(db_url, mailcatcher)
+    settings = make_settings(db_url, mailcatcher, **(settings_overrides or {}))
     engine = create_engine(settings.database_url)
     sessions = session_maker(engine)
     email = EmailActivities(sessions, SmtpSender(settings.smtp_host, settings.smtp_port), settings)
