@@ -31,6 +31,7 @@ class CartAbandonment(Journey):
         "order_placed": JourneyStatus.CONVERTED,
         "customer_unsubscribed": JourneyStatus.EXITED,
     }
+    filters = ("no_order_since_start", "cart_open")
 
     @workflow.run
     async def run(self, journey: JourneyInput) -> JourneyState:
