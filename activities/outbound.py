@@ -11,13 +11,16 @@ a store points flows at its own services without touching them. The request:
     X-Nudge-Delivery: 3f0c...            the body's "id": the same on every retry of this step
     X-Nudge-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of f"{t}.{raw body}">
 
-    {"id": "3f0c...", "flow": "winback", "step": "sms", "contact_id": 42,
+    {"id": "3f0c...", "flow": "winback", "step": "webhook_sms_1", "contact_id": 42,
      "payload": {"text": "..."}, "sent_at": "2026-11-24T19:30:00Z"}
 
 No personal data goes out beyond what the flow put in `payload`. The receiver verifies the
 signature (nudge/signing.py: `verify(secret, raw_body, header)`) and de-duplicates on the
 delivery id: Temporal retries a step whose attempt failed or timed out, and an attempt may have
-been received even though its answer was lost.
+been received even though its answer was lost. The id is derived from the journey's workflow id,
+its run and the step name, so a later journey of the same flow, contact and key (a re-entry) is
+a new delivery; a flow that calls one endpoint twice gives each call its own step name (the
+toolkit numbers them: webhook_sms_1, webhook_sms_2).
 
 Answers: 2xx is done. 408, 429, 5xx and network errors are retried by Temporal (a Retry-After
 is honoured). Any other status - a 4xx says the request itself is wrong - fails the step at once

@@ -405,8 +405,7 @@ class WebhookFlow(Journey):
 
 @pytest.fixture
 def hook() -> Iterator[Receiver]:
-    """Fails the first attempt (503), then accepts: the flow must get through on a retry."""
-    with receiver(Answer(503), Answer(201)) as opened:
+    with receiver() as opened:
         yield opened
 
 
@@ -425,13 +424,19 @@ async def webhook_stack(
         yield stack
 
 
+async def start(stack: Stack) -> str:
+    response = await stack.post(cart_event(new_email(), new_id("cart")))
+    assert response.status_code == 202, response.text
+    [wid] = response.json()["results"][0]["journeys"]
+    return str(wid)
+
+
 async def test_a_flow_calls_the_webhook_and_gets_through_a_failed_attempt(
     webhook_stack: Stack, hook: Receiver
 ) -> None:
     stack = webhook_stack
-    response = await stack.post(cart_event(new_email(), new_id("cart")))
-    assert response.status_code == 202, response.text
-    [wid] = response.json()["results"][0]["journeys"]
+    hook.answers[:] = [Answer(503), Answer(201)]  # down once, then accepted
+    wid = await start(stack)
 
     state = await stack.finish(wid)
 
@@ -447,8 +452,22 @@ async def test_a_flow_calls_the_webhook_and_gets_through_a_failed_attempt(
         {"text": "hi"},
     )
     assert body["id"] == first.headers["x-nudge-delivery"]
-    assert body["step"]
+    assert body["step"] == "webhook_sms_1"
     assert b"@" not in second.body
     assert all(
         signing.verify(SECRET, r.body, r.headers["x-nudge-signature"]) for r in hook.requests
     )
+
+
+async def test_a_rejected_webhook_is_not_retried_and_the_flow_goes_on(
+    webhook_stack: Stack, hook: Receiver
+) -> None:
+    hook.answers[:] = [Answer(422, b"no phone number")]
+    wid = await start(webhook_stack)
+
+    state = await webhook_stack.finish(wid)
+
+    assert state.status == JourneyStatus.COMPLETED
+    handle = webhook_stack.temporal.get_workflow_handle(wid)
+    assert await handle.query(WebhookFlow.webhook_status) == 0  # the toolkit's "failed for good"
+    assert len(hook.requests) == 1
