@@ -444,6 +444,24 @@ async def open_journeys(
     return list(result)
 
 
+async def previous_journeys(
+    session: AsyncSession, flow: str, contact_id: int
+) -> list[tuple[str, datetime]]:
+    """The contact's journeys of `flow`: (workflow id, when the event that started it occurred),
+    for the flow's re-entry rule. A journey started by a segment entry has no stored event; its
+    start time stands in."""
+    rows = await session.execute(
+        select(Journey.workflow_id, func.coalesce(StoreEvent.occurred_at, Journey.started_at))
+        .outerjoin(StoreEvent, StoreEvent.id == Journey.trigger_event_id)
+        .where(Journey.flow == flow, Journey.contact_id == contact_id)
+    )
+    return [(wid, at) for wid, at in rows.all()]
+
+
+async def contact_timezone(session: AsyncSession, contact_id: int) -> str | None:
+    return await session.scalar(select(Contact.timezone).where(Contact.id == contact_id))
+
+
 async def close_journey(session: AsyncSession, journey_id: int) -> None:
     await session.execute(
         update(Journey).where(Journey.id == journey_id).values(closed_at=utcnow())
@@ -512,6 +530,24 @@ async def has_converted(
     if cart_token:
         condition = or_(condition, Order.cart_token == cart_token)
     return bool(await session.scalar(select(exists().where(condition))))
+
+
+async def marketing_sent_since(
+    session: AsyncSession, contact_id: int, since: datetime, *, exclude: tuple[str, str]
+) -> bool:
+    """Whether the contact got (or is being sent) a marketing email scheduled after `since`,
+    other than the step `exclude` (workflow id, step): smart sending, across every flow."""
+    workflow_id, step = exclude
+    stmt = select(
+        exists().where(
+            Message.contact_id == contact_id,
+            Message.transactional.is_(False),
+            Message.status.in_((MessageStatus.SENT, MessageStatus.SENDING)),
+            Message.scheduled_at > since,
+            ~and_(Message.workflow_id == workflow_id, Message.step == step),
+        )
+    )
+    return bool(await session.scalar(stmt))
 
 
 async def mark_sent(session: AsyncSession, message_id: str, attempt: int) -> bool:
