@@ -291,6 +291,7 @@ class EmailActivities:
                 segments=segments,
                 settings=settings,
                 now=now,
+                percent=job.offer_percent,
             )
         return context
 

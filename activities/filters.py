@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nudge import queries
 from nudge.journeys import SendEmailInput
 from nudge.models import Cart, CartLine, Contact, Order
+from nudge.segments import REFUNDED
 
 # How long a cart journey lasts (emails at 2 h, 1 day and 2 days): a cart touched this long
 # before a browse journey started may still have its journey running.
@@ -62,11 +63,23 @@ async def never_ordered(session: AsyncSession, job: SendEmailInput, contact: Con
     return None
 
 
+async def one_order(session: AsyncSession, job: SendEmailInput, contact: Contact) -> str | None:
+    """Still exactly one order (refunded ones not counted): a second one is the conversion a
+    second-purchase email is after."""
+    orders = await session.scalar(
+        select(func.count())
+        .select_from(Order)
+        .where(Order.contact_id == contact.id, Order.status != REFUNDED)
+    )
+    return "converted" if (orders or 0) > 1 else None
+
+
 BUILT_IN: Mapping[str, Filter] = {
     "no_order_since_start": no_order_since_start,
     "cart_open": cart_open,
     "not_in_cart_flow": not_in_cart_flow,
     "never_ordered": never_ordered,
+    "one_order": one_order,
 }
 # What journeys started before flows declared their filters send without any (`filters=None`).
 LEGACY: Mapping[str, tuple[str, ...]] = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select
@@ -115,10 +116,15 @@ async def offer(
     segments: frozenset[str],
     settings: Settings,
     now: datetime,
+    percent: int | None = None,
 ) -> dict[str, Any]:
     """The contact's unique coupon for `source` (the same one on every retry of the step),
-    worth what their segments get."""
+    worth `percent` if the step sets its own incentive, or else what their segments get."""
     kind, value = coupons.discount_for(segments, settings)
+    if percent is not None:
+        if not 1 <= percent <= 100:
+            raise ValueError(f"offer_percent must be between 1 and 100, got {percent}")
+        kind, value = coupons.CouponKind.PERCENT, Decimal(percent)
     coupon = await coupons.issue(
         session,
         contact_id,

@@ -37,6 +37,7 @@ from nudge.temporal_dev import SEARCH_ATTRIBUTES, temporal_binary
 from support import Stack
 from worker import build_worker
 from workflows import FLOWS
+from workflows.cart_abandonment import CartAbandonment
 from workflows.journey import Journey as JourneyFlow
 
 CI_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -175,7 +176,11 @@ async def open_stack(
 async def stack(
     time_env: WorkflowEnvironment, temporal: Client, db_url: str, mailcatcher: MailCatcher
 ) -> AsyncIterator[Stack]:
-    async with open_stack(time_env, temporal, db_url, mailcatcher) as opened:
+    """The spine's stack: the cart flow alone. Every flow of the library starts on store events
+    too (an order makes a one-time buyer, and a VIP, post-purchase...); a test of the API or of
+    one flow must not see their journeys, nor leave them to stall the time-skipping server.
+    Each flow's own tests open a stack with the flows they are about (`open_stack(flows=...)`)."""
+    async with open_stack(time_env, temporal, db_url, mailcatcher, (CartAbandonment,)) as opened:
         yield opened
 
 

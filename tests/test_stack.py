@@ -144,9 +144,10 @@ async def test_cart_event_to_first_email_on_the_dev_server(
     assert final.status == JourneyStatus.CONVERTED
     assert (await handle.describe()).typed_search_attributes.get(STATUS) == "converted"
     journeys = (await api.get(f"/v1/contacts/{email}/journeys")).json()["journeys"]
-    assert [(j["flow"], j["status"], j["step"]) for j in journeys] == [
-        ("cart_abandonment", "converted", "cart_1")
-    ]
+    # (The order also makes a one-time buyer, which starts flows of its own.)
+    assert [
+        (j["flow"], j["status"], j["step"]) for j in journeys if j["flow"] == "cart_abandonment"
+    ] == [("cart_abandonment", "converted", "cart_1")]
 
 
 async def test_every_flow_is_found_by_its_flow_in_the_temporal_cli(

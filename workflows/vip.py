@@ -67,11 +67,11 @@ class Vip(Journey):
 
     # The segment this journey is about, from its start signal: signals can be handled before
     # `run` has the input (an order signalled right after the start, in the same activation).
-    segment: str | None = None
+    _segment: str | None = None
 
     def on_event(self, event: JourneyEvent) -> None:
         if event.type == "segment_entered":
-            self.segment = event.segment_id
-        elif event.type == "order_placed" and self.segment == VIP:
+            self._segment = event.segment_id
+        elif event.type == "order_placed" and self._segment == VIP:
             return  # a VIP ordering again is not the end of their thank-you
         super().on_event(event)

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from nudge import coupons, queries
+from nudge import coupons, personalize, queries
 from nudge import events as ev
 from nudge.models import Coupon, CouponAttempt, Order
 from nudge.settings import Settings
@@ -171,6 +171,34 @@ def test_discount_is_personalised_by_segment() -> None:
     assert coupons.discount_for({"one_time_buyers"}, settings) == ("percent", Decimal(10))
     assert coupons.discount_for({"lapsed_90"}, settings) == ("percent", Decimal(15))
     assert coupons.discount_for({"vip", "lapsed_90"}, settings) == ("percent", Decimal(20))
+
+
+async def test_a_step_sets_its_own_percent_over_the_segments(
+    sessions: Sessions, settings: Settings
+) -> None:
+    """`send(..., offer_percent=15)`: a win-back ladder grows its incentive, VIP or not."""
+    contact_id, _ = await new_contact(sessions)
+    async with sessions.begin() as session:
+        offer = await personalize.offer(
+            session,
+            contact_id,
+            source="winback-1:evt:winback_2",
+            segments=frozenset({"vip"}),
+            settings=settings,
+            now=ISSUED,
+            percent=15,
+        )
+        assert (offer["kind"], offer["percent"]) == ("percent", 15)
+        with pytest.raises(ValueError, match="offer_percent"):
+            await personalize.offer(
+                session,
+                contact_id,
+                source="winback-1:evt:winback_3",
+                segments=frozenset(),
+                settings=settings,
+                now=ISSUED,
+                percent=0,
+            )
 
 
 # ---- redemption ----------------------------------------------------------------------------
