@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from typing import Any
 
 import pytest_asyncio
 from catalog_support import ago, post_products, product, product_event
@@ -96,7 +97,8 @@ async def test_bad_products_are_refused_naming_the_field(catalog_stack: Stack) -
     fields = [f["field"] for f in response.json()["error"]["fields"]]
     assert fields == ["products.0.id", "products.1.title"]
 
-    for body in ({}, {"products": []}, {"products": [product(new_id("p"))] * 501}):
+    bodies: list[dict[str, Any]] = [{}, {"products": []}, {"products": [product("p")] * 501}]
+    for body in bodies:
         response = await stack.http.post(
             "/v1/products", json=body, headers={"Authorization": "Bearer test-key"}
         )
