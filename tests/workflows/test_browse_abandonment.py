@@ -1,0 +1,142 @@
+"""Browse abandonment on the time-skipping server, through the real API, worker, database and
+SMTP server: a view, 4 hours, the product and similar ones, a day, one more nudge."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from catalog_support import ago, post_products, product, product_event
+from nudge import events as ev
+from nudge import queries
+from nudge.journeys import JourneyStatus
+from support import Stack, cart_event, new_email, new_id, order_event, untracked
+
+
+async def view(stack: Stack, email: str, item: dict[str, Any], **kwargs: Any) -> list[str]:
+    response = await stack.post(product_event(email, item, **kwargs))
+    assert response.status_code == 202, response.text
+    [result] = response.json()["results"]
+    return list(result["journeys"])
+
+
+async def start_browse(stack: Stack, email: str, item: dict[str, Any], **kwargs: Any) -> str:
+    [wid] = await view(stack, email, item, **kwargs)
+    assert wid.startswith("browse_abandonment-") and wid.endswith(f"-{item['id']}")
+    return wid
+
+
+async def test_a_view_gets_the_product_then_one_more_nudge(stack: Stack) -> None:
+    email, pid, similar, category = new_email(), new_id("p"), new_id("p"), new_id("linen")
+    # A product like it (same category, in stock, with a picture) to recommend.
+    like_it = product(similar, title="Linen trousers", price="59.00", category=category)
+    await post_products(stack, like_it)
+    wid = await start_browse(stack, email, product(pid, category=category))
+
+    state = await stack.finish(wid)
+
+    assert state.status == JourneyStatus.COMPLETED
+    assert [(e.step, e.status) for e in state.emails] == [("browse_1", "sent"), ("browse_2", "sent")]
+    assert state.started_at is not None
+    offsets = [e.at - state.started_at for e in state.emails]
+    for offset, expected in zip(offsets, (4, 28), strict=True):
+        assert timedelta(hours=expected) <= offset < timedelta(hours=expected, minutes=1)
+
+    first, second = stack.mail_to(email)
+    assert first.html is not None and first.text is not None
+    assert "Linen shirt" in first.html and "€49.00" in first.html
+    assert f'src="https://shop.example/img/{pid}.jpg"' in first.html
+    assert "Linen trousers" in first.html and f"https://shop.example/img/{similar}.jpg" in first.html
+    assert f"https://shop.example/p/{pid}" in untracked(first.text, stack.settings.secret_key)
+    assert second.text is not None and "Linen shirt" in second.text
+    rows = await stack.messages(wid)
+    assert [(r.step, r.status) for r in rows] == [("browse_1", "sent"), ("browse_2", "sent")]
+    assert rows[0].variant in ("a", "b") and rows[1].variant is None
+
+
+@pytest.mark.parametrize(
+    ("goal", "status"),
+    [
+        ("cart_updated", JourneyStatus.EXITED),
+        ("checkout_started", JourneyStatus.EXITED),
+        ("order_placed", JourneyStatus.CONVERTED),
+        ("customer_unsubscribed", JourneyStatus.EXITED),
+    ],
+)
+async def test_each_exit_goal_ends_it_while_it_waits(
+    stack: Stack, time_env: WorkflowEnvironment, goal: str, status: JourneyStatus
+) -> None:
+    email = new_email()
+    wid = await start_browse(stack, email, product(new_id("p")))
+    await time_env.sleep(timedelta(hours=5))
+    assert len(stack.mail_to(email)) == 1
+
+    if goal == "order_placed":
+        body = order_event(email, new_id("order"), occurred_at=ago(minutes=1))
+    elif goal == "customer_unsubscribed":
+        body = {
+            "id": new_id("evt"),
+            "type": goal,
+            "occurred_at": ago(minutes=1),
+            "contact": {"email": email},
+        }
+    else:
+        body = cart_event(email, new_id("cart"), type=goal, occurred_at=ago(minutes=1))
+    response = await stack.post(body)
+    assert wid in response.json()["results"][0]["journeys"]
+
+    state = await stack.finish(wid)
+    assert (state.status, state.exit_reason) == (status, goal)
+    assert [e.step for e in state.emails] == ["browse_1"]
+    assert len(stack.mail_to(email)) == 1
+
+
+async def test_a_contact_already_in_the_cart_flow_gets_nothing(stack: Stack) -> None:
+    """A cart whose event never reached the journey (stored, never routed) still stops it."""
+    email = new_email()
+    wid = await start_browse(stack, email, product(new_id("p")))
+    cart = ev.event_adapter.validate_python(
+        cart_event(email, new_id("cart"), occurred_at=datetime.now(UTC).isoformat())
+    )
+    async with stack.sessions.begin() as session:
+        contact_id = await queries.upsert_contact(session, cart.contact)
+        await queries.record_event(session, cart, contact_id, cart.model_dump(mode="json"))
+        await queries.apply_event(session, cart, contact_id)
+
+    state = await stack.finish(wid)
+    assert (state.status, state.exit_reason) == (JourneyStatus.EXITED, "in_cart_flow")
+    [row] = await stack.messages(wid)
+    assert (row.step, row.status, row.reason) == ("browse_1", "skipped", "in_cart_flow")
+    assert stack.mail_to(email) == []
+
+
+async def test_another_view_of_the_product_feeds_the_running_journey(
+    stack: Stack, time_env: WorkflowEnvironment
+) -> None:
+    email, item = new_email(), product(new_id("p"))
+    wid = await start_browse(stack, email, item, occurred_at=ago(hours=2))
+    await time_env.sleep(timedelta(hours=1))
+    assert await view(stack, email, item, occurred_at=ago(hours=1)) in ([wid], [])
+    state = await stack.finish(wid)
+    # The clock is not restarted: the first email is still 4 hours after the first view.
+    assert state.started_at is not None
+    assert state.emails[0].at - state.started_at < timedelta(hours=4, minutes=1)
+    assert [e.step for e in state.emails] == ["browse_1", "browse_2"]
+
+
+async def test_one_browse_journey_per_contact_per_7_days(stack: Stack) -> None:
+    email = new_email()
+    wid = await start_browse(stack, email, product(new_id("p")), occurred_at=ago(days=10))
+    await stack.finish(wid)
+    # 3 days later (by the events' own times): refused, nothing started.
+    assert await view(stack, email, product(new_id("p")), occurred_at=ago(days=7)) == []
+    # 8 days after the first: a new journey.
+    later = await start_browse(stack, email, product(new_id("p")), occurred_at=ago(days=2))
+    assert later != wid
+
+
+async def test_an_out_of_stock_product_starts_nothing(stack: Stack) -> None:
+    assert await view(stack, new_email(), product(new_id("p"), in_stock=False)) == []
