@@ -11,6 +11,7 @@ from support import Stack, new_id
 
 
 def product(product_id: str, **fields: Any) -> dict[str, Any]:
+    # No category by default: "similar" recommendations in other tests' emails stay theirs.
     return {
         "id": product_id,
         "title": "Linen shirt",
@@ -18,7 +19,6 @@ def product(product_id: str, **fields: Any) -> dict[str, Any]:
         "image_url": f"https://shop.example/img/{product_id}.jpg",
         "price": "49.00",
         "currency": "EUR",
-        "category": "shirts",
     } | fields
 
 
