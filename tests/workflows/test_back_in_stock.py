@@ -4,15 +4,21 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
+from catalog_support import ago, post_products, product, product_event
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from catalog_support import ago, post_products, product, product_event
+from conftest import open_stack
 from nudge import events as ev
 from nudge import queries
 from nudge.journeys import JourneyStatus
-from support import Stack, new_email, new_id, order_event, untracked
+from nudge.mailcatcher import MailCatcher
+from support import Stack, new_email, new_id, order_event, quiet_window, untracked
+from workflows import FLOWS
+from workflows.journey import choose
 
 
 async def ask(stack: Stack, email: str, pid: str) -> None:
@@ -98,7 +104,11 @@ async def test_each_exit_goal_ends_it_before_the_reminder(
 async def test_an_order_that_never_reached_the_journey_stops_the_reminder(stack: Stack) -> None:
     email, pid = new_email(), new_id("p")
     wid = await start(stack, email, pid)
-    order = ev.event_adapter.validate_python(order_event(email, new_id("order"), occurred_at=ago()))
+    # At the journey's own clock (the test server's, ahead of the wall clock).
+    now = await stack.env.get_current_time()
+    order = ev.event_adapter.validate_python(
+        order_event(email, new_id("order"), occurred_at=now.isoformat())
+    )
     async with stack.sessions.begin() as session:
         contact_id = await queries.upsert_contact(session, order.contact)
         await queries.record_event(session, order, contact_id, order.model_dump(mode="json"))
@@ -112,9 +122,7 @@ async def test_an_order_that_never_reached_the_journey_stops_the_reminder(stack:
     ]
 
 
-async def test_sold_out_again_is_not_announced(
-    stack: Stack, time_env: WorkflowEnvironment
-) -> None:
+async def test_sold_out_again_is_not_announced(stack: Stack, time_env: WorkflowEnvironment) -> None:
     email, pid = new_email(), new_id("p")
     wid = await start(stack, email, pid)
     await time_env.sleep(timedelta(hours=1))
@@ -138,3 +146,70 @@ async def test_one_journey_per_contact_and_product(stack: Stack) -> None:
     assert await restock(stack, pid) == []
     # Another product: a journey of its own.
     await start(stack, email, new_id("p"))
+
+
+async def test_quiet_hours_hold_the_news_until_they_end(
+    time_env: WorkflowEnvironment, temporal: Client, sqlite_url: str, mailcatcher: MailCatcher
+) -> None:
+    now = await time_env.get_current_time()
+    # The restock comes in the middle of the night (a window from now to 2 hours from now).
+    window = quiet_window(now, "Europe/Lisbon", starts_in=timedelta(0), lasts=timedelta(hours=2))
+    overrides = {"quiet_hours": window}
+    async with open_stack(
+        time_env, temporal, sqlite_url, mailcatcher, FLOWS, settings_overrides=overrides
+    ) as quiet:
+        wid = await start(quiet, new_email(), new_id("p"))
+        state = await quiet.finish(wid)
+    assert state.started_at is not None
+    first = state.emails[0]
+    assert (first.step, first.status) == ("back_in_stock_1", "sent")
+    assert (
+        timedelta(hours=1, minutes=58)
+        <= first.at - state.started_at
+        < timedelta(hours=2, minutes=2)
+    )
+    assert f"{first.at.astimezone(ZoneInfo('Europe/Lisbon')):%H:%M}" == window.split("-")[1]
+
+
+async def test_the_news_ignores_smart_sending_the_reminder_does_not(
+    stack: Stack, time_env: WorkflowEnvironment
+) -> None:
+    email, first, second = new_email(), new_id("p"), new_id("p")
+    await ask(stack, email, second)
+    one = await start(stack, email, first)
+    await time_env.sleep(timedelta(hours=1))
+    [two] = await restock(stack, second)
+
+    told, reminded = await stack.finish(one), await stack.finish(two)
+
+    assert [(e.step, e.status) for e in told.emails] == [
+        ("back_in_stock_1", "sent"),
+        ("back_in_stock_2", "sent"),
+    ]
+    # The second product's news went out an hour after the first's; its reminder, an hour
+    # after the first's reminder, is skipped.
+    assert [(e.step, e.status, e.reason) for e in reminded.emails] == [
+        ("back_in_stock_1", "sent", None),
+        ("back_in_stock_2", "skipped", "smart_sending"),
+    ]
+    assert reminded.status == JourneyStatus.COMPLETED
+    assert len(stack.mail_to(email)) == 3
+
+
+async def test_the_ab_variant_is_the_contacts_own_for_good(stack: Stack) -> None:
+    email = new_email()
+    one = await stack.finish(await start(stack, email, new_id("p")))
+    expected = choose(f"back_in_stock\x1fback_in_stock_1\x1f{one.contact_id}", {"a": 1, "b": 1})
+    subjects = {
+        "a": "Ana, the Linen shirt is back in stock",
+        "b": "Back in stock: the Linen shirt",
+    }
+    two = await stack.finish(await start(stack, email, new_id("p")))
+    assert [one.emails[0].variant, two.emails[0].variant] == [expected, expected]
+    news = [m for m in stack.mail_to(email) if m.message["X-Nudge-Step"] == "back_in_stock_1"]
+    assert [m.message["Subject"] for m in news] == [subjects[expected]] * 2
+    rows = await stack.messages(f"back_in_stock-{two.contact_id}-{two.key}")
+    assert (rows[0].variant, rows[0].template) == (
+        expected,
+        {"a": "back_in_stock_1", "b": "back_in_stock_1_b"}[expected],
+    )

@@ -3,17 +3,23 @@ SMTP server: a view, 4 hours, the product and similar ones, a day, one more nudg
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
+from catalog_support import ago, post_products, product, product_event
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from catalog_support import ago, post_products, product, product_event
+from conftest import open_stack
 from nudge import events as ev
 from nudge import queries
 from nudge.journeys import JourneyStatus
-from support import Stack, cart_event, new_email, new_id, order_event, untracked
+from nudge.mailcatcher import MailCatcher
+from support import Stack, cart_event, new_email, new_id, order_event, quiet_window, untracked
+from workflows import FLOWS
+from workflows.journey import choose
 
 
 async def view(stack: Stack, email: str, item: dict[str, Any], **kwargs: Any) -> list[str]:
@@ -39,7 +45,10 @@ async def test_a_view_gets_the_product_then_one_more_nudge(stack: Stack) -> None
     state = await stack.finish(wid)
 
     assert state.status == JourneyStatus.COMPLETED
-    assert [(e.step, e.status) for e in state.emails] == [("browse_1", "sent"), ("browse_2", "sent")]
+    assert [(e.step, e.status) for e in state.emails] == [
+        ("browse_1", "sent"),
+        ("browse_2", "sent"),
+    ]
     assert state.started_at is not None
     offsets = [e.at - state.started_at for e in state.emails]
     for offset, expected in zip(offsets, (4, 28), strict=True):
@@ -49,7 +58,9 @@ async def test_a_view_gets_the_product_then_one_more_nudge(stack: Stack) -> None
     assert first.html is not None and first.text is not None
     assert "Linen shirt" in first.html and "€49.00" in first.html
     assert f'src="https://shop.example/img/{pid}.jpg"' in first.html
-    assert "Linen trousers" in first.html and f"https://shop.example/img/{similar}.jpg" in first.html
+    assert (
+        "Linen trousers" in first.html and f"https://shop.example/img/{similar}.jpg" in first.html
+    )
     assert f"https://shop.example/p/{pid}" in untracked(first.text, stack.settings.secret_key)
     assert second.text is not None and "Linen shirt" in second.text
     rows = await stack.messages(wid)
@@ -98,8 +109,10 @@ async def test_a_contact_already_in_the_cart_flow_gets_nothing(stack: Stack) -> 
     """A cart whose event never reached the journey (stored, never routed) still stops it."""
     email = new_email()
     wid = await start_browse(stack, email, product(new_id("p")))
+    # At the journey's own clock (the test server's, ahead of the wall clock).
+    now = await stack.env.get_current_time()
     cart = ev.event_adapter.validate_python(
-        cart_event(email, new_id("cart"), occurred_at=datetime.now(UTC).isoformat())
+        cart_event(email, new_id("cart"), occurred_at=now.isoformat())
     )
     async with stack.sessions.begin() as session:
         contact_id = await queries.upsert_contact(session, cart.contact)
@@ -119,7 +132,8 @@ async def test_another_view_of_the_product_feeds_the_running_journey(
     email, item = new_email(), product(new_id("p"))
     wid = await start_browse(stack, email, item, occurred_at=ago(hours=2))
     await time_env.sleep(timedelta(hours=1))
-    assert await view(stack, email, item, occurred_at=ago(hours=1)) in ([wid], [])
+    # Refused as a start (within 7 days), fed to the journey with its key instead.
+    assert await view(stack, email, item, occurred_at=ago(hours=1)) == [wid]
     state = await stack.finish(wid)
     # The clock is not restarted: the first email is still 4 hours after the first view.
     assert state.started_at is not None
@@ -140,3 +154,75 @@ async def test_one_browse_journey_per_contact_per_7_days(stack: Stack) -> None:
 
 async def test_an_out_of_stock_product_starts_nothing(stack: Stack) -> None:
     assert await view(stack, new_email(), product(new_id("p"), in_stock=False)) == []
+
+
+async def test_quiet_hours_hold_the_first_email_until_they_end(
+    time_env: WorkflowEnvironment, temporal: Client, sqlite_url: str, mailcatcher: MailCatcher
+) -> None:
+    now = await time_env.get_current_time()
+    # Due 4 hours after the view, inside a window from 3 to 6 hours after it.
+    window = quiet_window(
+        now, "Europe/Lisbon", starts_in=timedelta(hours=3), lasts=timedelta(hours=3)
+    )
+    async with open_stack(
+        time_env,
+        temporal,
+        sqlite_url,
+        mailcatcher,
+        FLOWS,
+        settings_overrides={"quiet_hours": window},
+    ) as quiet:
+        wid = await start_browse(quiet, new_email(), product(new_id("p")))
+        state = await quiet.finish(wid)
+    assert state.started_at is not None
+    first = state.emails[0]
+    assert (first.step, first.status) == ("browse_1", "sent")
+    assert timedelta(hours=6) <= first.at - state.started_at < timedelta(hours=6, minutes=3)
+    assert f"{first.at.astimezone(ZoneInfo('Europe/Lisbon')):%H:%M}" == window.split("-")[1]
+
+
+async def test_smart_sending_skips_the_first_email_after_another_flows(
+    stack: Stack, time_env: WorkflowEnvironment
+) -> None:
+    email, wanted = new_email(), new_id("p")
+    wid = await start_browse(stack, email, product(new_id("p")))
+    # 3 hours later the contact hears from back in stock (a product they asked for).
+    await stack.post(
+        product_event(email, product(wanted, in_stock=False), type="back_in_stock_requested")
+    )
+    await post_products(stack, product(wanted, in_stock=False))
+    await time_env.sleep(timedelta(hours=3))
+    response = await post_products(stack, product(wanted))
+    assert len(response.json()["journeys"]) == 1
+
+    state = await stack.finish(wid)
+    assert state.status == JourneyStatus.COMPLETED
+    # browse_1, due an hour after that email: skipped; browse_2, a day later: sent.
+    assert [(e.step, e.status, e.reason) for e in state.emails] == [
+        ("browse_1", "skipped", "smart_sending"),
+        ("browse_2", "sent", None),
+    ]
+
+
+async def test_the_ab_variant_is_the_contacts_own_for_good(stack: Stack) -> None:
+    email = new_email()
+    first = await start_browse(stack, email, product(new_id("p")), occurred_at=ago(days=9))
+    state = await stack.finish(first)
+    contact_id = state.contact_id
+    expected = choose(f"browse_abandonment\x1fbrowse_1\x1f{contact_id}", {"a": 1, "b": 1})
+    [row, _] = await stack.messages(first)
+    assert (row.step, row.variant, row.template) == (
+        "browse_1",
+        expected,
+        {"a": "browse_1", "b": "browse_1_b"}[expected],
+    )
+    subject = {
+        "a": "Ana, still thinking about the Linen shirt?",
+        "b": "The Linen shirt you looked at",
+    }
+    assert stack.mail_to(email)[0].message["Subject"] == subject[expected]
+    # Over a week later, another product: the same variant.
+    second = await start_browse(stack, email, product(new_id("p")), occurred_at=ago(days=1))
+    again = await stack.finish(second)
+    assert again.emails[0].variant == expected
+    assert stack.mail_to(email)[2].message["Subject"] == subject[expected]

@@ -4,17 +4,22 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
+from catalog_support import ago, post_products, product, product_event
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from catalog_support import ago, post_products, product, product_event
+from conftest import open_stack
 from nudge import events as ev
 from nudge import queries
 from nudge.journeys import JourneyStatus
-from nudge.mailcatcher import CaughtMessage
+from nudge.mailcatcher import CaughtMessage, MailCatcher
 from nudge.models import StoreEvent
-from support import Stack, new_email, new_id, order_event, untracked
+from support import Stack, new_email, new_id, order_event, quiet_window, untracked
+from workflows import FLOWS
+from workflows.journey import choose
 
 
 async def viewed(stack: Stack, email: str, pid: str, price: str = "59.00") -> None:
@@ -89,7 +94,11 @@ async def test_each_exit_goal_ends_it_before_the_email(
 async def test_an_order_that_never_reached_the_journey_stops_it(stack: Stack) -> None:
     email, pid = new_email(), new_id("p")
     wid = await start(stack, email, pid)
-    order = ev.event_adapter.validate_python(order_event(email, new_id("order"), occurred_at=ago()))
+    # At the journey's own clock (the test server's, ahead of the wall clock).
+    now = await stack.env.get_current_time()
+    order = ev.event_adapter.validate_python(
+        order_event(email, new_id("order"), occurred_at=now.isoformat())
+    )
     async with stack.sessions.begin() as session:
         contact_id = await queries.upsert_contact(session, order.contact)
         await queries.record_event(session, order, contact_id, order.model_dump(mode="json"))
@@ -113,3 +122,68 @@ async def test_one_price_drop_journey_per_contact_per_30_days(stack: Stack) -> N
         assert first is not None and first.type == "price_dropped"
         first.occurred_at -= timedelta(days=31)
     assert len(await drop(stack, other, price="29.00")) == 1
+
+
+async def test_quiet_hours_hold_the_email_until_they_end(
+    time_env: WorkflowEnvironment, temporal: Client, sqlite_url: str, mailcatcher: MailCatcher
+) -> None:
+    now = await time_env.get_current_time()
+    # Due an hour after the drop, inside a window from 30 minutes to 3 hours after it.
+    window = quiet_window(
+        now, "Europe/Lisbon", starts_in=timedelta(minutes=30), lasts=timedelta(hours=2, minutes=30)
+    )
+    overrides = {"quiet_hours": window}
+    async with open_stack(
+        time_env, temporal, sqlite_url, mailcatcher, FLOWS, settings_overrides=overrides
+    ) as quiet:
+        wid = await start(quiet, new_email(), new_id("p"))
+        state = await quiet.finish(wid)
+    assert state.started_at is not None
+    [sent] = state.emails
+    assert sent.status == "sent"
+    assert timedelta(hours=3) <= sent.at - state.started_at < timedelta(hours=3, minutes=3)
+    assert f"{sent.at.astimezone(ZoneInfo('Europe/Lisbon')):%H:%M}" == window.split("-")[1]
+
+
+async def test_smart_sending_skips_it_after_the_browse_email(
+    stack: Stack, time_env: WorkflowEnvironment
+) -> None:
+    email, pid = new_email(), new_id("p")
+    # The view starts browse abandonment (its first email 4 hours later); the price drops
+    # 3.5 hours after the view, so this flow's email would land 30 minutes after browse_1.
+    await viewed(stack, email, pid)
+    await time_env.sleep(timedelta(hours=3, minutes=30))
+    [wid] = await drop(stack, pid)
+    state = await stack.finish(wid)
+    assert state.status == JourneyStatus.COMPLETED
+    assert [(e.step, e.status, e.reason) for e in state.emails] == [
+        ("price_drop_1", "skipped", "smart_sending")
+    ]
+    assert price_mail(stack, email) == []
+    assert [m.message["X-Nudge-Step"] for m in stack.mail_to(email)] == ["browse_1"]
+
+
+async def test_the_ab_variant_is_the_contacts_own_for_good(stack: Stack) -> None:
+    email, pid = new_email(), new_id("p")
+    one = await stack.finish(await start(stack, email, pid))
+    expected = choose(f"price_drop\x1fprice_drop_1\x1f{one.contact_id}", {"a": 1, "b": 1})
+    subjects = {
+        "a": "Ana, the Linen shirt now costs less",
+        "b": "A lower price on the Linen shirt",
+    }
+    [row] = await stack.messages(f"price_drop-{one.contact_id}-{pid}")
+    assert (row.variant, row.template) == (
+        expected,
+        {"a": "price_drop_1", "b": "price_drop_1_b"}[expected],
+    )
+    # As if that were 31 days ago: another drop, another journey, the same variant.
+    async with stack.sessions.begin() as session:
+        first = await session.get(StoreEvent, row.trigger_event_id)
+        assert first is not None
+        first.occurred_at -= timedelta(days=31)
+    other = new_id("p")
+    await viewed(stack, email, other)
+    [wid] = await drop(stack, other)
+    two = await stack.finish(wid)
+    assert [one.emails[0].variant, two.emails[0].variant] == [expected, expected]
+    assert [m.message["Subject"] for m in price_mail(stack, email)] == [subjects[expected]] * 2
