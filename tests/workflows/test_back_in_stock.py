@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import pytest_asyncio
-from catalog_support import ago, post_products, product, product_event
+from catalog_support import ago, post_products, product, product_event, replay_and_record
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
@@ -61,6 +61,7 @@ async def test_asked_gets_the_news_at_once_and_a_reminder_two_days_later(stack: 
     wid = await start(stack, email, pid)
 
     state = await stack.finish(wid)
+    await replay_and_record(stack, "back_in_stock_completed", wid)
 
     assert state.status == JourneyStatus.COMPLETED
     assert [(e.step, e.status) for e in state.emails] == [

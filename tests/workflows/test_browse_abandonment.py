@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import pytest_asyncio
-from catalog_support import ago, post_products, product, product_event
+from catalog_support import ago, post_products, product, product_event, replay_and_record
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
@@ -58,6 +58,7 @@ async def test_a_view_gets_the_product_then_one_more_nudge(stack: Stack) -> None
     wid = await start_browse(stack, email, product(pid, category=category))
 
     state = await stack.finish(wid)
+    await replay_and_record(stack, "browse_abandonment_completed", wid)
 
     assert state.status == JourneyStatus.COMPLETED
     assert [(e.step, e.status) for e in state.emails] == [

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import pytest_asyncio
-from catalog_support import ago, post_products, product, product_event
+from catalog_support import ago, post_products, product, product_event, replay_and_record
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
@@ -66,6 +66,7 @@ async def test_a_viewer_gets_old_and_new_price_an_hour_after_the_drop(stack: Sta
     wid = await start(stack, email, pid)
 
     state = await stack.finish(wid)
+    await replay_and_record(stack, "price_drop_completed", wid)
 
     assert state.status == JourneyStatus.COMPLETED
     [sent] = state.emails
