@@ -8,11 +8,13 @@ two seconds after the cart event.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,12 +25,13 @@ from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
 from conftest import make_settings
-from nudge.journeys import JourneyState, JourneyStatus
+from nudge.journeys import JourneyInput, JourneyState, JourneyStatus
 from nudge.mailcatcher import CaughtMessage, MailCatcher
 from nudge.settings import Settings
 from nudge.temporal_dev import extra_args, temporal_binary
 from support import cart_event, new_email, new_id, order_event
-from workflows.journey import CONTACT, FLOW, STATUS
+from workflows import FLOWS
+from workflows.journey import CONTACT, FLOW, STATUS, start_search_attributes
 
 ROOT = Path(__file__).resolve().parent.parent
 SCALE = 3600.0
@@ -144,3 +147,45 @@ async def test_cart_event_to_first_email_on_the_dev_server(
     assert [(j["flow"], j["status"], j["step"]) for j in journeys] == [
         ("cart_abandonment", "converted", "cart_1")
     ]
+
+
+async def test_every_flow_is_found_by_its_flow_in_the_temporal_cli(
+    dev_env: WorkflowEnvironment,
+) -> None:
+    """`temporal workflow list --query 'NudgeFlow="winback"'` finds each flow's journeys, started
+    the way the API starts them (search attributes, summary), contact by id only."""
+    client: Client = dev_env.client
+    queue = f"parked-{new_id('q')}"  # no worker polls it: the journeys just wait, findable
+    handles = []
+    for n, flow in enumerate(FLOWS):
+        handles.append(
+            await client.start_workflow(
+                flow.flow,
+                JourneyInput(flow=flow.flow, contact_id=900 + n, key="k", trigger_event_id="e"),
+                id=f"{flow.flow}-{900 + n}-{new_id('k')}",
+                task_queue=queue,
+                search_attributes=start_search_attributes(flow.flow, 900 + n),
+                static_summary=f"{flow.flow} · contact {900 + n} · k",
+            )
+        )
+    target = dev_env.client.service_client.config.target_host
+    try:
+        for n, flow in enumerate(FLOWS):
+            query = f'NudgeFlow="{flow.flow}" AND NudgeContact="{900 + n}"'
+            found: list[dict[str, Any]] = []
+            for _ in range(50):  # visibility is eventually consistent
+                listed = await asyncio.create_subprocess_exec(
+                    *(temporal_binary(), "workflow", "list", "--address", target),
+                    *("--query", query, "--output", "json"),
+                    stdout=subprocess.PIPE,
+                )
+                out, _ = await listed.communicate()
+                assert listed.returncode == 0, out
+                found = json.loads(out or b"[]")
+                if found:
+                    break
+                await asyncio.sleep(0.1)
+            assert [f["execution"]["workflowId"] for f in found] == [handles[n].id], flow.flow
+    finally:
+        for handle in handles:
+            await handle.terminate(reason="test over")

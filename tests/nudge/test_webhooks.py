@@ -11,10 +11,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from webhook_support import SendGridKey, SnsServer, ses_bounce, ses_complaint, sns_server
 
 from nudge import webhooks
 from nudge.settings import Settings
+from webhook_support import SendGridKey, SnsServer, ses_bounce, ses_complaint, sns_server
 
 
 @pytest.fixture(scope="module")
