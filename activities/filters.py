@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from nudge import queries
 from nudge.journeys import SendEmailInput
-from nudge.models import Cart, CartLine, Contact, Order
+from nudge.models import Cart, CartLine, Contact, Order, Product
 
 # How long a cart journey lasts (emails at 2 h, 1 day and 2 days): a cart touched this long
 # before a browse journey started may still have its journey running.
@@ -62,11 +62,21 @@ async def never_ordered(session: AsyncSession, job: SendEmailInput, contact: Con
     return None
 
 
+async def product_in_stock(
+    session: AsyncSession, job: SendEmailInput, contact: Contact
+) -> str | None:
+    """The product the journey is about (its key: back in stock, price drop) is in stock: a
+    product sold out again is not announced."""
+    product = await session.get(Product, job.key)
+    return None if product is not None and product.in_stock else "out_of_stock"
+
+
 BUILT_IN: Mapping[str, Filter] = {
     "no_order_since_start": no_order_since_start,
     "cart_open": cart_open,
     "not_in_cart_flow": not_in_cart_flow,
     "never_ordered": never_ordered,
+    "product_in_stock": product_in_stock,
 }
 # What journeys started before flows declared their filters send without any (`filters=None`).
 LEGACY: Mapping[str, tuple[str, ...]] = {
