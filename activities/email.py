@@ -276,8 +276,15 @@ class EmailActivities:
                 ],
                 "total": sum((line.price * line.quantity for line in cart.lines), start=0),
             }
+        seeds = cart_ids
+        if cart is None and "product" in uses:
+            # A product flow (browse abandonment, back in stock, price drop): keyed by product id.
+            product = await personalize.product(session, job.key, job.trigger_event_id)
+            context["product"] = product
+            # Its recommendations are products like it, never itself.
+            seeds = [product["id"]] if product else []
         if uses & {"recommendations", "alternatives"}:
-            found = await personalize.recommendations(session, contact.id, cart_ids, now)
+            found = await personalize.recommendations(session, contact.id, seeds, now)
             # `alternatives` is the older name, kept for templates that use it.
             context["recommendations"] = context["alternatives"] = found
         if "last_order" in uses:

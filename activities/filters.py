@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from nudge import queries
 from nudge.journeys import SendEmailInput
-from nudge.models import Cart, CartLine, Contact, Order
+from nudge.models import Cart, CartLine, Contact, Order, Product
 from nudge.segments import REFUNDED
 
 # How long a cart journey lasts (emails at 2 h, 1 day and 2 days): a cart touched this long
@@ -74,12 +74,22 @@ async def one_order(session: AsyncSession, job: SendEmailInput, contact: Contact
     return "converted" if (orders or 0) > 1 else None
 
 
+async def product_in_stock(
+    session: AsyncSession, job: SendEmailInput, contact: Contact
+) -> str | None:
+    """The product the journey is about (its key: back in stock, price drop) is in stock: a
+    product sold out again is not announced."""
+    product = await session.get(Product, job.key)
+    return None if product is not None and product.in_stock else "out_of_stock"
+
+
 BUILT_IN: Mapping[str, Filter] = {
     "no_order_since_start": no_order_since_start,
     "cart_open": cart_open,
     "not_in_cart_flow": not_in_cart_flow,
     "never_ordered": never_ordered,
     "one_order": one_order,
+    "product_in_stock": product_in_stock,
 }
 # What journeys started before flows declared their filters send without any (`filters=None`).
 LEGACY: Mapping[str, tuple[str, ...]] = {

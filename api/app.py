@@ -17,6 +17,7 @@ from api.routers import (
     dashboard,
     events,
     preferences,
+    products,
     reports,
     segments,
     suppressions,
@@ -68,6 +69,7 @@ def create_app(
     app.state.flows = tuple(flows)
     errors.install(app)
     app.include_router(events.router, prefix="/v1", dependencies=[Depends(require_api_key)])
+    app.include_router(products.router, prefix="/v1", dependencies=[Depends(require_api_key)])
     app.include_router(contacts.router, prefix="/v1", dependencies=[Depends(require_api_key)])
     app.include_router(segments.router, prefix="/v1", dependencies=[Depends(require_api_key)])
     # Signed links act without a key: the token is the credential.

@@ -212,6 +212,13 @@ class ProductViewed(_Envelope):
     product: ProductIn
 
 
+class BackInStockRequested(_Envelope):
+    """The contact asked to be told when an out-of-stock product is back (`back_in_stock`)."""
+
+    type: Literal["back_in_stock_requested"]
+    product: ProductIn
+
+
 class CartUpdated(_Envelope):
     type: Literal["cart_updated"]
     cart: CartIn
@@ -253,10 +260,32 @@ class LoyaltyTierChanged(_Envelope):
     loyalty: TierChangeIn
 
 
+class PriceChangeIn(_Model):
+    old: Money
+    new: Money
+
+
+class BackInStock(_Envelope):
+    """A product the contact asked about or viewed is in stock again (`POST /v1/products`)."""
+
+    type: Literal["back_in_stock"]
+    product: ProductIn
+
+
+class PriceDropped(_Envelope):
+    """A product the contact viewed got cheaper (`POST /v1/products`); `product` has the new
+    price, `price` the old and the new."""
+
+    type: Literal["price_dropped"]
+    product: ProductIn
+    price: PriceChangeIn
+
+
 PublicEventIn = Annotated[
     CustomerSubscribed
     | CustomerUnsubscribed
     | ProductViewed
+    | BackInStockRequested
     | CartUpdated
     | CheckoutStarted
     | OrderPlaced
@@ -269,19 +298,23 @@ StoreEventIn = Annotated[
     CustomerSubscribed
     | CustomerUnsubscribed
     | ProductViewed
+    | BackInStockRequested
     | CartUpdated
     | CheckoutStarted
     | OrderPlaced
     | OrderShipped
     | OrderRefunded
-    | LoyaltyTierChanged,
+    | LoyaltyTierChanged
+    | BackInStock
+    | PriceDropped,
     Field(discriminator="type"),
 ]
-INTERNAL_EVENT_TYPES: tuple[str, ...] = ("loyalty_tier_changed",)
+INTERNAL_EVENT_TYPES: tuple[str, ...] = ("loyalty_tier_changed", "back_in_stock", "price_dropped")
 EVENT_TYPES: tuple[str, ...] = (
     "customer_subscribed",
     "customer_unsubscribed",
     "product_viewed",
+    "back_in_stock_requested",
     "cart_updated",
     "checkout_started",
     "order_placed",
@@ -300,6 +333,13 @@ stored_event_adapter: TypeAdapter[StoreEventIn] = TypeAdapter(StoreEventIn)
 
 def cart_of(event: StoreEventIn) -> CartIn | None:
     return event.cart if isinstance(event, CartUpdated | CheckoutStarted) else None
+
+
+def product_of(event: StoreEventIn) -> ProductIn | None:
+    """The product an event is about (a view, a stock request, a restock, a price drop)."""
+    if isinstance(event, ProductViewed | BackInStockRequested | BackInStock | PriceDropped):
+        return event.product
+    return None
 
 
 def occurred(event: StoreEventIn) -> datetime:

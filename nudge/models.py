@@ -126,6 +126,10 @@ class Product(Base):
     currency: Mapped[str | None] = mapped_column(String(3))
     category: Mapped[str | None] = mapped_column(String(100), index=True)
     in_stock: Mapped[bool] = mapped_column(default=True)
+    # What the catalogue (`POST /v1/products`) said last, apart from what events taught us:
+    # restocks and price drops are measured against it (nudge/catalog.py).
+    catalog_in_stock: Mapped[bool | None]
+    catalog_price: Mapped[Decimal | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nudge import coupons, loyalty, recommend
+from nudge import catalog, coupons, loyalty, recommend
 from nudge.models import Contact, Order, Product, SegmentMember
 from nudge.settings import Settings
 
@@ -82,6 +82,28 @@ async def last_order(session: AsyncSession, contact_id: int) -> dict[str, Any] |
             }
             for line in order.lines
         ],
+    }
+
+
+async def product(
+    session: AsyncSession, product_id: str, trigger_event_id: str
+) -> dict[str, Any] | None:
+    """The product a journey is about, as the catalogue has it now; `old_price` is what it cost
+    before, when the journey began with a `price_dropped` event (else None)."""
+    found = await session.get(Product, product_id)
+    if found is None:
+        return None
+    change = await catalog.price_change(session, trigger_event_id)
+    return {
+        "id": found.id,
+        "title": found.title,
+        "url": found.url,
+        "image_url": found.image_url,
+        "price": found.price,
+        "currency": found.currency,
+        "in_stock": found.in_stock,
+        "category": found.category,
+        "old_price": change.old if change else None,
     }
 
 

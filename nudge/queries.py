@@ -163,7 +163,7 @@ async def record_event(
             occurred_at=event.occurred_at,
             received_at=utcnow(),
             payload=payload,
-            product_id=event.product.id if isinstance(event, ev.ProductViewed) else None,
+            product_id=product.id if (product := ev.product_of(event)) else None,
         )
         .on_conflict_do_nothing(index_elements=["id"])
     )
@@ -215,7 +215,18 @@ async def apply_event(
                 session, settings, contact_id=contact_id, order_id=refund.id, at=event.occurred_at
             )
         case ev.ProductViewed(product=product):
-            await _upsert_products(session, [product.model_dump()], with_stock=True)
+            # A view that does not say whether the product is in stock leaves that as it was.
+            await _upsert_products(
+                session,
+                [product.model_dump()],
+                with_stock="in_stock" in product.model_fields_set,
+            )
+        case ev.BackInStockRequested(product=product):
+            # Asked for because it is out of stock: so it is, unless the event says otherwise.
+            stock = product.in_stock if "in_stock" in product.model_fields_set else False
+            await _upsert_products(
+                session, [product.model_dump() | {"in_stock": stock}], with_stock=True
+            )
         case ev.CustomerSubscribed():
             await consent.on_subscribed(session, settings, event, contact_id)
         case ev.CustomerUnsubscribed():

@@ -47,7 +47,7 @@ def shipped_templates(directory: Path = TEMPLATES) -> list[str]:
 
 
 def sample_context(settings: Settings, name: str) -> dict[str, Any]:
-    """Everything a shipped template may use, for a plausible contact, cart and order."""
+    """Everything a shipped template may use, for a plausible contact, cart, order and product."""
     now = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
     base = settings.public_url.rstrip("/")
     lines = [
@@ -81,6 +81,18 @@ def sample_context(settings: Settings, name: str) -> dict[str, Any]:
         }
     ]
     marketing = name not in NOT_MARKETING
+    # The product of a product flow (browse abandonment, back in stock, price drop).
+    product = {
+        "id": "p4",
+        "title": "Merino wool sweater",
+        "url": f"{base}/p/p4",
+        "image_url": f"{base}/img/p4.jpg",
+        "price": Decimal("69.00"),
+        "currency": "EUR",
+        "in_stock": True,
+        "category": "knitwear",
+        "old_price": Decimal("89.00") if name.startswith("price_drop") else None,
+    }
     return {
         "contact": {
             "first_name": "Ana",
@@ -116,6 +128,7 @@ def sample_context(settings: Settings, name: str) -> dict[str, Any]:
             "lines": lines,
             "total": Decimal("88.00"),
         },
+        "product": product,
         "recommendations": products,
         "alternatives": products,
         "last_order": {
