@@ -262,8 +262,16 @@ class EmailActivities:
                 ],
                 "total": sum((line.price * line.quantity for line in cart.lines), start=0),
             }
+        if "order" in uses:
+            context["order"] = await personalize.order(session, contact.id, job.key)
         if uses & {"recommendations", "alternatives"}:
-            found = await personalize.recommendations(session, contact.id, cart_ids, now)
+            # After an order (post-purchase cross-sell), what goes with what was bought.
+            order_ids = [
+                line["product_id"] for line in (context.get("order") or {}).get("lines", [])
+            ]
+            found = await personalize.recommendations(
+                session, contact.id, cart_ids or order_ids, now
+            )
             # `alternatives` is the older name, kept for templates that use it.
             context["recommendations"] = context["alternatives"] = found
         if "last_order" in uses:
@@ -277,6 +285,7 @@ class EmailActivities:
                 segments=segments,
                 settings=settings,
                 now=now,
+                percent=job.offer_percent,
             )
         return context
 

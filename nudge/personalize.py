@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select
@@ -58,8 +59,22 @@ async def last_order(session: AsyncSession, contact_id: int) -> dict[str, Any] |
         .order_by(Order.placed_at.desc(), Order.id.desc())
         .limit(1)
     )
-    if order is None:
+    return None if order is None else await _order_context(session, order)
+
+
+async def order(session: AsyncSession, contact_id: int, order_id: str) -> dict[str, Any] | None:
+    """The contact's order `order_id` (a post-purchase journey's key), or None if it is not
+    theirs, with its shipment (the carrier is not stored)."""
+    found = await session.get(Order, order_id)
+    if found is None or found.contact_id != contact_id:
         return None
+    return await _order_context(session, found) | {
+        "shipped_at": found.shipped_at,
+        "tracking_url": found.tracking_url,
+    }
+
+
+async def _order_context(session: AsyncSession, order: Order) -> dict[str, Any]:
     ids = [line.product_id for line in order.lines]
     products = {p.id: p for p in await session.scalars(select(Product).where(Product.id.in_(ids)))}
     return {
@@ -115,10 +130,13 @@ async def offer(
     segments: frozenset[str],
     settings: Settings,
     now: datetime,
+    percent: int | None = None,
 ) -> dict[str, Any]:
     """The contact's unique coupon for `source` (the same one on every retry of the step),
-    worth what their segments get."""
+    worth `percent` when the step sets one, else what their segments get."""
     kind, value = coupons.discount_for(segments, settings)
+    if percent is not None:
+        kind, value = coupons.CouponKind.PERCENT, Decimal(percent)
     coupon = await coupons.issue(
         session,
         contact_id,
