@@ -48,15 +48,12 @@ class IngestResult(BaseModel):
 def journey_event(event: ev.StoreEventIn) -> JourneyEvent:
     cart = ev.cart_of(event)
     order = event.order if isinstance(event, ev.OrderPlaced) else None
-    # Shipments and refunds name their order too: a post-purchase journey tells its own
-    # order's refund from another one's by it.
-    about = event.order if isinstance(event, ev.OrderShipped | ev.OrderRefunded) else order
     return JourneyEvent(
         id=event.id,
         type=event.type,
         occurred_at=event.occurred_at,
         cart_token=cart.token if cart else order.cart_token if order else None,
-        order_id=about.id if about else None,
+        order_id=order.id if order else None,
         line_count=len(cart.lines) if cart else None,
     )
 
