@@ -30,7 +30,9 @@ from temporalio.client import (
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
+from activities.contacts import ContactActivities
 from activities.email import EmailActivities
+from activities.outbound import WebhookActivities
 from activities.segments import SegmentActivities
 from nudge import segments as segment_store
 from nudge.db import create_engine, session_maker
@@ -56,13 +58,19 @@ def build_worker(
     *,
     flows: Sequence[type] = FLOWS,
     segments: SegmentActivities | None = None,
+    contacts: ContactActivities | None = None,
+    webhooks: WebhookActivities | None = None,
     **options: Any,
 ) -> Worker:
-    """A worker for `flows` and the segment refresh; its activity runs where `segments` is given."""
+    """A worker for `flows` and the segment refresh; its activity runs where `segments` is given.
+    The contact steps (profile, update) run on `email`'s database unless `contacts` is given,
+    outbound webhooks with `WebhookActivities(settings)` unless `webhooks` is."""
     options.setdefault("max_cached_workflows", MAX_CACHED_WORKFLOWS)
     options.setdefault("max_concurrent_workflow_task_polls", WORKFLOW_TASK_POLLS)
     options.setdefault("nonsticky_to_sticky_poll_ratio", NONSTICKY_TO_STICKY_POLL_RATIO)
-    activities: list[Any] = [email.send_email]
+    contacts = contacts or ContactActivities(email.sessions, settings)
+    activities: list[Any] = [email.send_email, contacts.profile, contacts.update_contact]
+    activities.append((webhooks or WebhookActivities(settings)).call_webhook)
     if segments is not None:
         activities.append(segments.refresh_time_based_segments)
     return Worker(
@@ -132,16 +140,18 @@ async def main() -> None:
         await segment_store.ensure_builtin_segments(session, utcnow())
     await ensure_segment_schedule(client, settings)
     segments = SegmentActivities(sessions, client, settings)
+    webhooks = WebhookActivities(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with build_worker(client, settings, email, segments=segments):
+    async with build_worker(client, settings, email, segments=segments, webhooks=webhooks):
         logging.info(
             "worker polling task queue %r at %s", settings.task_queue, settings.temporal_address
         )
         await stop.wait()
     await email.sender.close()
+    await webhooks.aclose()
     await engine.dispose()
 
 

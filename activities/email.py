@@ -12,7 +12,7 @@ finds `sending` knows the server dropped the message and resends it, and one tha
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiosmtplib
@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities import filters
 from nudge import abtest, personalize, queries, suppression, tokens, tracking
 from nudge.journeys import SendEmailInput, SendEmailResult, message_id
 from nudge.mail import OutgoingMessage, SmtpSender, build_message, smtp_code
@@ -209,12 +210,25 @@ class EmailActivities:
             return blocked
         if job.transactional:
             return None
-        if job.flow == "cart_abandonment":
-            if await queries.has_converted(session, contact.id, job.key, job.journey_started_at):
-                return "converted"
-            cart = await queries.get_cart(session, job.key)
-            if cart is None or not cart.lines:
-                return "cart_emptied"
+        names = job.filters if job.filters is not None else filters.LEGACY.get(job.flow, ())
+        for name in names:
+            check = filters.BUILT_IN.get(name)
+            if check is None:
+                raise ApplicationError(
+                    f"{job.flow} uses the unknown filter {name!r}; known: "
+                    + ", ".join(sorted(filters.BUILT_IN)),
+                    type="UnknownFilter",
+                    non_retryable=True,
+                )
+            if reason := await check(session, job, contact):
+                return reason
+        if job.smart_sending and self.settings.smart_sending_hours > 0:
+            now = job.now or activity.info().scheduled_time
+            window = timedelta(hours=self.settings.smart_sending_hours) / job.time_scale
+            if await queries.marketing_sent_since(
+                session, contact.id, now - window, exclude=(job.workflow_id, job.step)
+            ):
+                return "smart_sending"
         return None
 
     async def _context(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -48,13 +49,20 @@ class IngestResult(BaseModel):
 def journey_event(event: ev.StoreEventIn) -> JourneyEvent:
     cart = ev.cart_of(event)
     order = event.order if isinstance(event, ev.OrderPlaced) else None
+    order_id = (
+        event.order.id
+        if isinstance(event, ev.OrderPlaced | ev.OrderShipped | ev.OrderRefunded)
+        else None
+    )
+    product = getattr(event, "product", None)
     return JourneyEvent(
         id=event.id,
         type=event.type,
         occurred_at=event.occurred_at,
         cart_token=cart.token if cart else order.cart_token if order else None,
-        order_id=order.id if order else None,
+        order_id=order_id,
         line_count=len(cart.lines) if cart else None,
+        product_id=product.id if isinstance(product, ev.ProductIn) else None,
     )
 
 
@@ -137,16 +145,17 @@ class Ingestor:
         signal = journey_event(event)
         touched: list[str] = []
         for flow in self.flows:
-            if event.type in flow.triggers:
+            if event.type in flow.triggers or event.type in flow.listens:
                 key = flow.journey_key(event)
                 if key is None:
                     continue
                 wid = workflow_id(flow.flow, contact_id, key)
-                if flow.should_start(event):
-                    started.append(
-                        await self._start(flow.flow, wid, contact_id, key, event.id, signal)
+                if event.type in flow.triggers and flow.should_start(event):
+                    fed, record = await self._start(
+                        flow, wid, contact_id, key, event.id, signal, event.occurred_at
                     )
-                    touched.append(wid)
+                    started += [record] if record else []
+                    touched += [wid] if fed else []
                 elif await self._signal(wid, None, signal):
                     touched.append(wid)
             elif event.type in flow.exit_goals:
@@ -192,45 +201,61 @@ class Ingestor:
             )
             for flow in self.segment_flows[entry.segment_id]:
                 wid = workflow_id(flow.flow, entry.contact_id, entry.segment_id)
-                started.append(
-                    await self._start(
-                        flow.flow, wid, entry.contact_id, entry.segment_id, trigger, signal
-                    )
+                fed, record = await self._start(
+                    flow, wid, entry.contact_id, entry.segment_id, trigger, signal, entry.at
                 )
-                journeys.append(wid)
+                started += [record] if record else []
+                journeys += [wid] if fed else []
         return journeys
 
     async def _start(
         self,
-        flow: str,
+        flow: type[Journey],
         wid: str,
         contact_id: int,
         key: str,
         event_id: str,
         signal: JourneyEvent,
-    ) -> dict[str, Any]:
-        """Signal-with-start one journey; returns its `record_journey` values."""
+        at: datetime,
+    ) -> tuple[bool, dict[str, Any] | None]:
+        """Signal-with-start one journey. Returns whether a journey got the event, and the
+        `record_journey` values of the one started: none when the flow's re-entry rule refuses
+        a new journey (a running one with the same id is still fed the event)."""
+        async with self.sessions() as session:
+            timezone = await queries.contact_timezone(session, contact_id)
+            previous = (
+                await queries.previous_journeys(session, flow.flow, contact_id)
+                if flow.reentry.rule != "always"
+                else []
+            )
+        if previous and not flow.reentry.allows(wid, at, previous):
+            log.info("re-entry into %s refused for contact %s (%s)", flow.flow, contact_id, key)
+            return any(w == wid for w, _ in previous) and await self._signal(
+                wid, None, signal
+            ), None
         # Flows are registered under their `flow` name (checked by the tests).
         handle = await self.client.start_workflow(
-            flow,
+            flow.flow,
             JourneyInput(
-                flow=flow,
+                flow=flow.flow,
                 contact_id=contact_id,
                 key=key,
                 trigger_event_id=event_id,
                 time_scale=self.settings.time_scale,
+                timezone=timezone or self.settings.store_timezone,
+                quiet_hours=self.settings.quiet_hours,
             ),
             id=wid,
             task_queue=self.settings.task_queue,
             start_signal="event",
             start_signal_args=[signal],
-            search_attributes=start_search_attributes(flow, contact_id),
-            static_summary=f"{flow} · contact {contact_id} · {key}",
+            search_attributes=start_search_attributes(flow.flow, contact_id),
+            static_summary=f"{flow.flow} · contact {contact_id} · {key}",
         )
-        return {
+        return True, {
             "workflow_id": wid,
             "run_id": handle.result_run_id or "",
-            "flow": flow,
+            "flow": flow.flow,
             "contact_id": contact_id,
             "event_id": event_id,
         }

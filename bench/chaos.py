@@ -302,6 +302,8 @@ class Driver:
             "NUDGE_API_KEY": API_KEY,
             "NUDGE_TIME_SCALE": str(config.scale),
             "NUDGE_FROM_EMAIL": "Chaos Store <store@chaos.example>",
+            # Every expected email is due at its offset: none held for the night.
+            "NUDGE_QUIET_HOURS": "",
         }
         worker = Child(
             "worker", [sys.executable, "worker.py"], child_env, self.workdir / "worker.log"

@@ -47,6 +47,7 @@ class JourneyEvent(BaseModel):
     line_count: int | None = None
     # Set on `segment_entered`, the event a journey started by a segment entry begins with.
     segment_id: str | None = None
+    product_id: str | None = None
 
 
 class SentEmail(BaseModel):
@@ -55,6 +56,8 @@ class SentEmail(BaseModel):
     status: str
     reason: str | None = None
     at: datetime
+    # The A/B variant this contact got, for a step with variants.
+    variant: str | None = None
 
 
 class JourneyState(BaseModel):

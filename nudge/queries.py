@@ -8,7 +8,19 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, and_, cast, delete, exists, func, or_, select, update
+from sqlalchemy import (
+    JSON,
+    String,
+    and_,
+    cast,
+    delete,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -90,6 +102,48 @@ def _json_merge(session: AsyncSession, old: Any, new: Any) -> Any:
         return func.json_patch(old, new)
     merged = cast(old, postgresql.JSONB).op("||")(cast(new, postgresql.JSONB))
     return cast(merged, JSON)
+
+
+async def merge_properties(
+    session: AsyncSession, contact_id: int, properties: dict[str, Any]
+) -> None:
+    """Set the contact's properties named in `properties`, keeping the others; a None value
+    removes that property (JSON merge patch, RFC 7396). One UPDATE, so a concurrent event
+    that changes another property is not overwritten."""
+    if not properties:
+        return
+    current = func.coalesce(Contact.properties, literal({}, JSON))
+    if session.get_bind().dialect.name == "sqlite":
+        merged: Any = func.json_patch(current, literal(properties, JSON))
+    else:
+        kept = {name: value for name, value in properties.items() if value is not None}
+        removed = [name for name, value in properties.items() if value is None]
+        patched = cast(current, postgresql.JSONB).op("||")(
+            cast(literal(kept, JSON), postgresql.JSONB)
+        )
+        if removed:
+            patched = patched.op("-")(literal(removed, postgresql.ARRAY(String)))
+        merged = cast(patched, JSON)
+    await session.execute(
+        update(Contact)
+        .where(Contact.id == contact_id)
+        .values(properties=merged, updated_at=utcnow())
+    )
+
+
+async def add_tags(session: AsyncSession, contact_id: int, tags: Sequence[str]) -> None:
+    """Tag the contact; a tag it already has is left as it was."""
+    if tags:
+        await session.execute(
+            _insert(session, ContactTag)
+            .values(
+                [
+                    {"contact_id": contact_id, "tag": tag, "created_at": utcnow()}
+                    for tag in dict.fromkeys(tags)
+                ]
+            )
+            .on_conflict_do_nothing()
+        )
 
 
 async def event_status(session: AsyncSession, event_id: str) -> StoreEvent | None:
@@ -390,6 +444,24 @@ async def open_journeys(
     return list(result)
 
 
+async def previous_journeys(
+    session: AsyncSession, flow: str, contact_id: int
+) -> list[tuple[str, datetime]]:
+    """The contact's journeys of `flow`: (workflow id, when the event that started it occurred),
+    for the flow's re-entry rule. A journey started by a segment entry has no stored event; its
+    start time stands in."""
+    rows = await session.execute(
+        select(Journey.workflow_id, func.coalesce(StoreEvent.occurred_at, Journey.started_at))
+        .outerjoin(StoreEvent, StoreEvent.id == Journey.trigger_event_id)
+        .where(Journey.flow == flow, Journey.contact_id == contact_id)
+    )
+    return [(wid, at) for wid, at in rows.all()]
+
+
+async def contact_timezone(session: AsyncSession, contact_id: int) -> str | None:
+    return await session.scalar(select(Contact.timezone).where(Contact.id == contact_id))
+
+
 async def close_journey(session: AsyncSession, journey_id: int) -> None:
     await session.execute(
         update(Journey).where(Journey.id == journey_id).values(closed_at=utcnow())
@@ -458,6 +530,24 @@ async def has_converted(
     if cart_token:
         condition = or_(condition, Order.cart_token == cart_token)
     return bool(await session.scalar(select(exists().where(condition))))
+
+
+async def marketing_sent_since(
+    session: AsyncSession, contact_id: int, since: datetime, *, exclude: tuple[str, str]
+) -> bool:
+    """Whether the contact got (or is being sent) a marketing email scheduled after `since`,
+    other than the step `exclude` (workflow id, step): smart sending, across every flow."""
+    workflow_id, step = exclude
+    stmt = select(
+        exists().where(
+            Message.contact_id == contact_id,
+            Message.transactional.is_(False),
+            Message.status.in_((MessageStatus.SENT, MessageStatus.SENDING)),
+            Message.scheduled_at > since,
+            ~and_(Message.workflow_id == workflow_id, Message.step == step),
+        )
+    )
+    return bool(await session.scalar(stmt))
 
 
 async def mark_sent(session: AsyncSession, message_id: str, attempt: int) -> bool:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 from sqlalchemy import select
@@ -35,6 +37,16 @@ def untracked(text: str, secret: str) -> str:
         lambda match: tracking.verify_click(secret, match.group(1)).url,
         text,
     )
+
+
+def quiet_window(now: datetime, timezone: str, *, starts_in: timedelta, lasts: timedelta) -> str:
+    """A NUDGE_QUIET_HOURS value whose window opens `starts_in` after `now` (the test server's
+    clock) in `timezone` and lasts `lasts`, so a test can put a send inside it. Whole minutes,
+    rounded so that the window covers the moments asked for."""
+    local = now.astimezone(ZoneInfo(timezone))
+    start = (local + starts_in).replace(second=0, microsecond=0)
+    end = (local + starts_in + lasts + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    return f"{start:%H:%M}-{end:%H:%M}"
 
 
 def cart_event(

@@ -10,10 +10,12 @@ details all follow each step, so an operator can see who, which flow, which step
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
-from datetime import timedelta
-from typing import ClassVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
 
 from temporalio import workflow
 from temporalio.common import (
@@ -26,14 +28,22 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.email import EmailActivities
+    from nudge import localtime
     from nudge.events import StoreEventIn
     from nudge.journeys import (
+        ContactProfile,
+        ContactProfileInput,
+        ContactUpdateInput,
         JourneyEvent,
         JourneyInput,
         JourneyState,
         JourneyStatus,
         SendEmailInput,
         SentEmail,
+        WebhookInput,
+        WebhookResult,
+        parse_clock,
+        parse_quiet_hours,
     )
 
 FLOW = SearchAttributeKey.for_keyword("NudgeFlow")
@@ -58,7 +68,69 @@ TERMINAL_SKIPS: Mapping[str, JourneyStatus] = {
     "unsubscribed": JourneyStatus.EXITED,
     "cart_emptied": JourneyStatus.EXITED,
     "suppressed": JourneyStatus.EXITED,
+    "in_cart_flow": JourneyStatus.EXITED,
 }
+# Contact and webhook steps: quick reads and writes, retried for a while, never for days.
+STEP_TIMEOUT = timedelta(seconds=30)
+STEP_DEADLINE = timedelta(hours=1)
+STEP_RETRY = RetryPolicy(maximum_interval=timedelta(minutes=1))
+#: `quiet_hours = STORE`: the store's window (NUDGE_QUIET_HOURS), handed in with the journey.
+STORE = "store"
+
+
+@dataclass(frozen=True)
+class Reentry:
+    """Whether a contact may start a flow again; checked by the API before every start.
+
+    `always()` (the default), `once()` ever, `every(days=N)` (not within N days of the event
+    that started the last one), or `per_key()` (once per cart, order, product...)."""
+
+    rule: str = "always"
+    days: float = 0
+
+    @classmethod
+    def always(cls) -> Reentry:
+        return cls()
+
+    @classmethod
+    def once(cls) -> Reentry:
+        return cls("once")
+
+    @classmethod
+    def every(cls, *, days: float) -> Reentry:
+        if days <= 0:
+            raise ValueError("Reentry.every(days=...) needs days > 0")
+        return cls("every", days)
+
+    @classmethod
+    def per_key(cls) -> Reentry:
+        return cls("per_key")
+
+    def allows(
+        self, workflow_id: str, at: datetime, previous: Sequence[tuple[str, datetime]]
+    ) -> bool:
+        """`previous`: (workflow id, when its trigger occurred) of the contact's earlier journeys
+        of this flow."""
+        if self.rule == "once":
+            return not previous
+        if self.rule == "per_key":
+            return all(wid != workflow_id for wid, _ in previous)
+        if self.rule == "every":
+            return all(at - then >= timedelta(days=self.days) for _, then in previous)
+        return True
+
+
+def choose(seed: str, weights: Mapping[str, float]) -> str:
+    """The variant `seed` falls on, each with a share of `weights` (need not add up to 100)."""
+    total = sum(weights.values())
+    if not weights or total <= 0 or any(w < 0 for w in weights.values()):
+        raise ValueError(f"weights must be >= 0 with a positive total, got {dict(weights)}")
+    point = int.from_bytes(hashlib.sha256(seed.encode()).digest()[:8], "big") / 2**64 * total
+    for name, weight in weights.items():
+        point -= weight
+        if point < 0 and weight > 0:
+            return name
+    return [name for name, weight in weights.items() if weight > 0][-1]
 
 
 class JourneyExit(Exception):
@@ -86,12 +158,24 @@ class Journey:
     #: Segment ids whose entry starts a journey of this flow for the contact (keyed by the
     #: segment id; it begins with a `segment_entered` event).
     segment_triggers: ClassVar[tuple[str, ...]] = ()
+    #: Store event types only fed to the running journey with the same key (see `wait_for`).
+    listens: ClassVar[tuple[str, ...]] = ()
+    #: Filters (activities/filters.py) re-checked from the database before every marketing send.
+    filters: ClassVar[tuple[str, ...]] = ()
+    #: Skip a marketing send if the contact got any marketing email in the last
+    #: NUDGE_SMART_SENDING_HOURS, from any flow.
+    smart_sending: ClassVar[bool] = True
+    #: "21:00-08:00" in the contact's timezone, "" for none, or STORE for NUDGE_QUIET_HOURS.
+    quiet_hours: ClassVar[str | None] = STORE
+    reentry: ClassVar[Reentry] = Reentry()
 
     def __init__(self) -> None:
         self._input: JourneyInput | None = None
         self._state: JourneyState | None = None
         self._exit: tuple[JourneyStatus, str] | None = None
         self._restart = False
+        self._received: dict[str, JourneyEvent] = {}
+        self._steps = 0
         # Clients retry events; a retried event must not restart a clock twice.
         self._seen: deque[str] = deque(maxlen=64)
 
@@ -122,6 +206,8 @@ class Journey:
             self.exit(self.exit_goals[event.type], event.type)
         elif event.type in self.restart_on:
             self._restart = True
+        if event.type in self.listens:
+            self._received[event.type] = event
 
     @workflow.query
     def state(self) -> JourneyState:
@@ -144,7 +230,50 @@ class Journey:
     ) -> None:
         """Wait durably; an exit goal ends the journey, a `restart_on` event restarts the clock."""
         delay = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-        label = f"wait {_human(delay)}"
+        await self._sleep(delay, f"wait {_human(delay)}")
+
+    async def wait_until(self, at: str, *, days: int = 0, weekday: str | None = None) -> None:
+        """Wait until a time of day in the contact's timezone (the store's when unknown):
+        `wait_until("10:00", days=1)` is the next day at 10:00, `wait_until("09:00",
+        weekday="tuesday")` the next Tuesday at 09:00, `wait_until("10:00")` the next 10:00."""
+        target = localtime.next_at(
+            self.now(), self.input.timezone, parse_clock(at), days=days, weekday=weekday
+        )
+        label = f"wait until {weekday + ' ' if weekday else ''}{at} ({self.input.timezone})"
+        await self._sleep(max(target - self.now(), timedelta(0)), label)
+
+    async def wait_for(
+        self, event_type: str, *, days: float = 0, hours: float = 0
+    ) -> JourneyEvent | None:
+        """Wait for an event listed in `listens` (or already received); None after the timeout.
+        An exit goal still ends the journey."""
+        if event_type not in self.listens:
+            raise ValueError(f"{self.flow} waits for {event_type!r}, which is not in `listens`")
+        delay = timedelta(days=days, hours=hours)
+        self._details(f"waiting for {event_type} (up to {_human(delay)})")
+        try:
+            await workflow.wait_condition(
+                lambda: self._exit is not None or event_type in self._received,
+                timeout=delay / self.input.time_scale,
+                timeout_summary=f"wait for {event_type}",
+            )
+        except TimeoutError:
+            return None
+        if self._exit is not None:
+            raise JourneyExit()
+        return self._received[event_type]
+
+    def now(self) -> datetime:
+        """The journey's clock: workflow time, with flow time sped up by `time_scale` (demos,
+        benchmarks) so that local times and windows keep their meaning."""
+        state = self._state
+        assert state is not None and state.started_at is not None
+        real = workflow.now()
+        if self.input.time_scale == 1:
+            return real
+        return state.started_at + (real - state.started_at) * self.input.time_scale
+
+    async def _sleep(self, delay: timedelta, label: str) -> None:
         self._details(label)
         while True:
             self._restart = False
@@ -159,6 +288,16 @@ class Journey:
             if self._exit is not None:
                 raise JourneyExit()
 
+    def quiet_hold(self) -> timedelta:
+        """How long a marketing send due now must be held for quiet hours (zero outside them)."""
+        spec = self.input.quiet_hours if self.quiet_hours == STORE else self.quiet_hours
+        return localtime.quiet_hold(self.now(), self.input.timezone, parse_quiet_hours(spec))
+
+    def pick(self, step: str, weights: Mapping[str, float]) -> str:
+        """A random split that is stable per contact: the same contact always gets the same
+        variant of this flow's step."""
+        return choose(f"{self.flow}\x1f{step}\x1f{self.input.contact_id}", weights)
+
     async def send(
         self,
         step: str,
@@ -166,13 +305,30 @@ class Journey:
         template: str | None = None,
         transactional: bool = False,
         topic: str = "promotions",
+        variants: Mapping[str, str] | None = None,
+        weights: Mapping[str, float] | None = None,
+        filters: Sequence[str] | None = None,
+        smart_sending: bool | None = None,
+        offer_percent: int | None = None,
     ) -> bool:
-        """Send one email; returns whether it went out (False if skipped or failed)."""
+        """Send one email; returns whether it went out (False if skipped or failed).
+
+        Marketing sends are held through quiet hours, re-check the flow's filters and smart
+        sending; transactional ones (receipts, shipping) skip all three. `variants` (name ->
+        template) makes the step an A/B test, each contact getting one variant for good."""
         if self._exit is not None:
             raise JourneyExit()
+        if not transactional:
+            hold = self.quiet_hold()
+            if hold > timedelta(0):
+                await self._sleep(hold, f"quiet hours: {step} held {_human(hold)}")
         state = self._state
         assert state is not None
         info = workflow.info()
+        variant = None
+        if variants:
+            variant = self.pick(step, weights or dict.fromkeys(variants, 1.0))
+            template = variants[variant]
         self._details(f"sending {step}")
         deadline = max(SEND_DEADLINE / self.input.time_scale, SEND_DEADLINE_FLOOR)
         try:
@@ -189,6 +345,16 @@ class Journey:
                     journey_started_at=state.started_at or info.start_time,
                     transactional=transactional,
                     topic=topic,
+                    variant=variant,
+                    variants=dict(variants) if variants else None,
+                    filters=[]
+                    if transactional
+                    else list(self.filters if filters is None else filters),
+                    smart_sending=not transactional
+                    and (self.smart_sending if smart_sending is None else smart_sending),
+                    time_scale=self.input.time_scale,
+                    now=workflow.now(),
+                    offer_percent=offer_percent,
                 ),
                 start_to_close_timeout=SEND_ATTEMPT_TIMEOUT,
                 schedule_to_close_timeout=deadline,
@@ -202,7 +368,12 @@ class Journey:
         state.step = step
         state.emails.append(
             SentEmail(
-                step=step, message_id=message, status=status, reason=reason, at=workflow.now()
+                step=step,
+                message_id=message,
+                status=status,
+                reason=reason,
+                at=workflow.now(),
+                variant=variant,
             )
         )
         workflow.upsert_search_attributes([STEP.value_set(step)])
@@ -210,6 +381,89 @@ class Journey:
             self.exit(TERMINAL_SKIPS[reason], reason)
             raise JourneyExit()
         return status == "sent"
+
+    # ---- splits and other steps --------------------------------------------------------------
+
+    async def profile(self) -> ContactProfile:
+        """The contact as the database has it now: segments, properties, tags, orders."""
+        # A local activity: one quick read, done in the worker without a task round trip (one
+        # marker in the history instead of an activity's three events).
+        profile: ContactProfile = await workflow.execute_local_activity(
+            "contact_profile",
+            ContactProfileInput(contact_id=self.input.contact_id),
+            result_type=ContactProfile,
+            start_to_close_timeout=STEP_TIMEOUT,
+            schedule_to_close_timeout=STEP_DEADLINE,
+            retry_policy=STEP_RETRY,
+            summary="read contact",
+        )
+        return profile
+
+    async def in_segment(self, segment_id: str) -> bool:
+        """A conditional split on segment membership, as of now."""
+        return segment_id in (await self.profile()).segments
+
+    async def update_contact(
+        self,
+        *,
+        properties: Mapping[str, str | int | float | bool | None] | None = None,
+        tags: Sequence[str] = (),
+        suppress: str | None = None,
+        step: str | None = None,
+    ) -> None:
+        """Merge properties, add tags, or suppress the contact from marketing (`suppress` is
+        the reason, e.g. "sunset")."""
+        step = step or self._step_name("update_contact")
+        self._details(step)
+        await workflow.execute_activity(
+            "update_contact",
+            ContactUpdateInput(
+                workflow_id=workflow.info().workflow_id,
+                step=step,
+                contact_id=self.input.contact_id,
+                properties=dict(properties or {}),
+                tags=list(tags),
+                suppress=suppress,
+            ),
+            start_to_close_timeout=STEP_TIMEOUT,
+            schedule_to_close_timeout=STEP_DEADLINE,
+            retry_policy=STEP_RETRY,
+            summary=step,
+        )
+
+    async def webhook(
+        self, endpoint: str, payload: Mapping[str, Any] | None = None, *, step: str | None = None
+    ) -> int:
+        """POST a signed webhook to the named endpoint (NUDGE_WEBHOOKS), e.g. for SMS; returns
+        the HTTP status, or 0 if the endpoint refused it for good or stayed down for an hour."""
+        step = step or self._step_name(f"webhook_{endpoint}")
+        self._details(step)
+        try:
+            result: WebhookResult = await workflow.execute_activity(
+                "call_webhook",
+                WebhookInput(
+                    workflow_id=workflow.info().workflow_id,
+                    step=step,
+                    contact_id=self.input.contact_id,
+                    flow=self.flow,
+                    endpoint=endpoint,
+                    payload=dict(payload or {}),
+                ),
+                result_type=WebhookResult,
+                start_to_close_timeout=STEP_TIMEOUT,
+                schedule_to_close_timeout=STEP_DEADLINE,
+                retry_policy=STEP_RETRY,
+                summary=step,
+            )
+        except ActivityError as err:
+            workflow.logger.warning("%s failed: %s", step, err.cause)
+            return 0
+        return result.status_code
+
+    def _step_name(self, kind: str) -> str:
+        # Deterministic per position in the story, so a retried activity keeps its identity.
+        self._steps += 1
+        return f"{kind}_{self._steps}"
 
     # ---- running a story ---------------------------------------------------------------------
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from conftest import open_stack
 from nudge.journeys import JourneyState, JourneyStatus
+from nudge.mailcatcher import MailCatcher
 from nudge.models import Coupon
-from support import Stack, cart_event, new_email, new_id, order_event, untracked
+from support import Stack, cart_event, new_email, new_id, order_event, quiet_window, untracked
 
 
 async def start_cart(stack: Stack, email: str, token: str) -> str:
@@ -167,3 +171,68 @@ async def test_permanent_smtp_rejection_is_logged_failed_and_not_retried(stack: 
     rows = await stack.messages(wid)
     assert (rows[0].status, rows[0].reason, rows[0].attempts) == ("failed", "smtp_550", 1)
     assert len(stack.mail_to(email)) == 2
+
+
+async def test_returning_customer_gets_the_welcome_back_first_email(stack: Stack) -> None:
+    email = new_email()
+    await stack.post(order_event(email, new_id("order")))
+    wid = await start_cart(stack, email, new_id("cart"))
+
+    state = await finish(stack, wid)
+
+    rows = await stack.messages(wid)
+    assert (rows[0].step, rows[0].template) == ("cart_1", "cart_1_returning")
+    assert stack.mail_to(email)[0].message["Subject"].startswith("Welcome back")
+    assert state.status == JourneyStatus.COMPLETED
+
+
+async def test_cart_2_subject_test_gives_a_contact_the_same_variant_every_time(
+    stack: Stack,
+) -> None:
+    email = new_email()
+    first = await start_cart(stack, email, new_id("cart"))
+    one = await finish(stack, first)
+    second = await start_cart(stack, email, new_id("cart"))
+    two = await finish(stack, second)
+
+    [variant] = {e.variant for e in one.emails if e.step == "cart_2"}
+    assert variant in {"a", "b"}
+    assert [e.variant for e in two.emails if e.step == "cart_2"] == [variant]
+    rows = await stack.messages(first)
+    assert [(r.variant, r.template) for r in rows if r.step == "cart_2"] == [
+        (variant, {"a": "cart_2", "b": "cart_2_b"}[variant])
+    ]
+
+
+async def test_a_cart_gets_one_journey_only(stack: Stack) -> None:
+    email, token = new_email(), new_id("cart")
+    wid = await start_cart(stack, email, token)
+    await finish(stack, wid)
+
+    # Touched again after its journey ended: re-entry is per cart, so no second journey.
+    response = await stack.post(cart_event(email, token))
+    assert response.status_code == 202
+    assert response.json()["results"][0]["journeys"] == []
+    assert len(await stack.messages(wid)) == 3
+
+
+async def test_quiet_hours_hold_the_first_email_until_morning(
+    time_env: WorkflowEnvironment, temporal: Client, sqlite_url: str, mailcatcher: MailCatcher
+) -> None:
+    now = await time_env.get_current_time()
+    window = quiet_window(
+        now, "Europe/Lisbon", starts_in=timedelta(hours=1), lasts=timedelta(hours=5)
+    )
+    async with open_stack(
+        time_env, temporal, sqlite_url, mailcatcher, settings_overrides={"quiet_hours": window}
+    ) as stack:
+        email = new_email()
+        wid = await start_cart(stack, email, new_id("cart"))
+        state = await finish(stack, wid)
+
+    assert state.started_at is not None
+    first = state.emails[0]
+    # Due at 2 h, inside the window (1 h to 6 h): held to its end, then sent.
+    assert first.status == "sent"
+    assert timedelta(hours=6) <= first.at - state.started_at < timedelta(hours=6, minutes=3)
+    assert f"{first.at.astimezone(ZoneInfo('Europe/Lisbon')):%H:%M}" == window.split("-")[1]
