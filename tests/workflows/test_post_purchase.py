@@ -3,11 +3,15 @@ and SMTP server: three weeks of journey in about a second."""
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
 
 from conftest import open_stack
 from nudge import events as ev
@@ -15,7 +19,9 @@ from nudge import queries
 from nudge.journeys import JourneyState, JourneyStatus
 from nudge.mailcatcher import MailCatcher
 from support import Stack, cart_event, new_email, new_id, quiet_window, untracked
+from workflows import FLOWS
 
+HISTORIES = Path(__file__).with_name("histories")
 DAY = timedelta(days=1)
 TRACKING = "https://tracking.example.com/parcel/{order}"
 
@@ -332,3 +338,28 @@ async def test_quiet_hours_hold_marketing_steps_but_not_the_receipts(
         5 * DAY + timedelta(hours=2, minutes=58) <= guide <= 5 * DAY + timedelta(hours=3, minutes=2)
     )
     assert at(review, guide + 7 * DAY) and at(cross_sell, guide + 14 * DAY)
+
+
+async def test_fresh_journeys_replay(stack: Stack, time_env: WorkflowEnvironment) -> None:
+    """Replays on the current code; `NUDGE_RECORD_HISTORIES=1` records them for test_replay.py."""
+    email, order_id = new_email(), new_id("order")
+    completed = await start(stack, email, order_id)
+    await time_env.sleep(DAY)
+    await post(stack, shipped(email, order_id))  # the wait_for's signal, in the history
+    await stack.finish(completed)
+    await record(stack, "post_purchase_completed", completed)
+
+    email, order_id = new_email(), new_id("order")
+    exited = await start(stack, email, order_id)
+    await time_env.sleep(DAY)
+    await post(stack, refunded(email, order_id))
+    await stack.finish(exited)
+    await record(stack, "post_purchase_refunded", exited)
+
+
+async def record(stack: Stack, name: str, workflow_id: str) -> None:
+    history = await stack.temporal.get_workflow_handle(workflow_id).fetch_history()
+    replayer = Replayer(workflows=list(FLOWS), data_converter=pydantic_data_converter)
+    await replayer.replay_workflow(history)
+    if os.environ.get("NUDGE_RECORD_HISTORIES"):
+        (HISTORIES / f"{name}.json").write_text(history.to_json())
