@@ -283,6 +283,11 @@ class EmailActivities:
             context["product"] = product
             # Its recommendations are products like it, never itself.
             seeds = [product["id"]] if product else []
+        if "order" in uses:
+            context["order"] = await personalize.order(session, contact.id, job.key)
+            if not seeds:
+                # After an order (post-purchase cross-sell), what goes with what was bought.
+                seeds = [line["product_id"] for line in (context["order"] or {}).get("lines", [])]
         if uses & {"recommendations", "alternatives"}:
             found = await personalize.recommendations(session, contact.id, seeds, now)
             # `alternatives` is the older name, kept for templates that use it.

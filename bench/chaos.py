@@ -47,6 +47,7 @@ from nudge.temporal_dev import extra_args, temporal_binary
 ROOT = Path(__file__).resolve().parent.parent
 JOURNEY_HOURS = 50  # cart_1 at 2 h, cart_2 at 26 h, cart_3 at 50 h
 API_KEY = "chaos-key"
+FLOW = "cart_abandonment"
 STEPS = ("cart_1", "cart_2", "cart_3")
 
 
@@ -275,7 +276,9 @@ class Driver:
 
     async def wait_closed(self, client: Client, until: float) -> int:
         while True:
-            running = (await client.count_workflows('ExecutionStatus="Running"')).count
+            running = (
+                await client.count_workflows(f'ExecutionStatus="Running" AND NudgeFlow="{FLOW}"')
+            ).count
             if running == 0 or time.monotonic() > until:
                 return running
             await asyncio.sleep(1)
@@ -351,9 +354,11 @@ class Driver:
             for i in range(self.config.journeys)
             for step in expected_steps(kind_of(i))
         }
-        by_id = Counter(m.message_id for m in catcher.messages if m.message_id)
+        # The orders also start other flows (post-purchase): only the cart flow is counted.
+        messages = [m for m in catcher.messages if m.message["X-Nudge-Flow"] == FLOW]
+        by_id = Counter(m.message_id for m in messages if m.message_id)
         delivered = {
-            (rcpt, str(m.message["X-Nudge-Step"])) for m in catcher.messages for rcpt in m.rcpt_tos
+            (rcpt, str(m.message["X-Nudge-Step"])) for m in messages for rcpt in m.rcpt_tos
         }
         report.expected = len(expected)
         report.delivered = len(by_id)
@@ -364,13 +369,16 @@ class Driver:
         async with session_maker(engine)() as session:
             sent = set(
                 await session.scalars(
-                    select(Message.message_id).where(Message.status == MessageStatus.SENT)
+                    select(Message.message_id).where(
+                        Message.flow == FLOW, Message.status == MessageStatus.SENT
+                    )
                 )
             )
             unfinished = list(
                 await session.scalars(
                     select(Message.message_id).where(
-                        Message.status.in_([MessageStatus.QUEUED, MessageStatus.SENDING])
+                        Message.flow == FLOW,
+                        Message.status.in_([MessageStatus.QUEUED, MessageStatus.SENDING]),
                     )
                 )
             )

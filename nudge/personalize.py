@@ -59,8 +59,22 @@ async def last_order(session: AsyncSession, contact_id: int) -> dict[str, Any] |
         .order_by(Order.placed_at.desc(), Order.id.desc())
         .limit(1)
     )
-    if order is None:
+    return None if order is None else await _order_context(session, order)
+
+
+async def order(session: AsyncSession, contact_id: int, order_id: str) -> dict[str, Any] | None:
+    """The contact's order `order_id` (a post-purchase journey's key), or None if it is not
+    theirs, with its shipment (the carrier is not stored)."""
+    found = await session.get(Order, order_id)
+    if found is None or found.contact_id != contact_id:
         return None
+    return await _order_context(session, found) | {
+        "shipped_at": found.shipped_at,
+        "tracking_url": found.tracking_url,
+    }
+
+
+async def _order_context(session: AsyncSession, order: Order) -> dict[str, Any]:
     ids = [line.product_id for line in order.lines]
     products = {p.id: p for p in await session.scalars(select(Product).where(Product.id.in_(ids)))}
     return {

@@ -29,7 +29,7 @@ from nudge.settings import Settings
 LIMIT = 2.0
 # The templates sent without List-Unsubscribe and unsubscribe link (transactional, or the
 # double opt-in confirmation that a not-yet-subscriber receives).
-NOT_MARKETING = frozenset({"confirm_subscription"})
+NOT_MARKETING = frozenset({"confirm_subscription", "pp_confirmation", "pp_shipped"})
 SA_ARGS = (
     "-L",  # local tests only: no network
     "-x",  # no per-user preferences
@@ -137,6 +137,16 @@ def sample_context(settings: Settings, name: str) -> dict[str, Any]:
             "total": Decimal("88.00"),
             "placed_at": now - timedelta(days=30),
             "status": "shipped",
+            "lines": lines,
+        },
+        "order": {
+            "id": "1042",
+            "currency": "EUR",
+            "total": Decimal("88.00"),
+            "placed_at": now - timedelta(days=3),
+            "status": "shipped",
+            "shipped_at": now - timedelta(days=1),
+            "tracking_url": "https://tracking.example.com/parcel/1042",
             "lines": lines,
         },
         "offer": {

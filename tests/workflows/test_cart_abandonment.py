@@ -83,14 +83,19 @@ async def test_order_after_first_email_converts_and_stops(
 
     response = await stack.post(order_event(email, new_id("order"), cart_token=token))
     assert response.status_code == 202
-    assert response.json()["results"][0]["journeys"] == [wid]
+    [journeys] = [r["journeys"] for r in response.json()["results"]]
+    # The order also starts its post-purchase journey (order confirmation).
+    assert journeys[0] == wid and [j.split("-")[0] for j in journeys[1:]] == ["post_purchase"]
 
     state = await finish(stack, wid)
     assert state.status == JourneyStatus.CONVERTED
     assert state.exit_reason == "order_placed"
     assert [e.step for e in state.emails] == ["cart_1"]
     await time_env.sleep(timedelta(days=3))
-    assert len(stack.mail_to(email)) == 1
+    assert [m.message["X-Nudge-Step"] for m in stack.mail_to(email)] == [
+        "cart_1",
+        "pp_confirmation",
+    ]
     assert [r.step for r in await stack.messages(wid)] == ["cart_1"]
 
 
@@ -182,7 +187,8 @@ async def test_returning_customer_gets_the_welcome_back_first_email(stack: Stack
 
     rows = await stack.messages(wid)
     assert (rows[0].step, rows[0].template) == ("cart_1", "cart_1_returning")
-    assert stack.mail_to(email)[0].message["Subject"].startswith("Welcome back")
+    [first] = [m for m in stack.mail_to(email) if m.message["X-Nudge-Step"] == "cart_1"]
+    assert first.message["Subject"].startswith("Welcome back")
     assert state.status == JourneyStatus.COMPLETED
 
 
