@@ -4,10 +4,12 @@ and SMTP server: three weeks of journey in about a second."""
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest_asyncio
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -20,10 +22,24 @@ from nudge.journeys import JourneyState, JourneyStatus
 from nudge.mailcatcher import MailCatcher
 from support import Stack, cart_event, new_email, new_id, quiet_window, untracked
 from workflows import FLOWS
+from workflows.cart_abandonment import CartAbandonment
+from workflows.post_purchase import PostPurchase
+from workflows.welcome import Welcome
 
 HISTORIES = Path(__file__).with_name("histories")
 DAY = timedelta(days=1)
 TRACKING = "https://tracking.example.com/parcel/{order}"
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def stack(
+    time_env: WorkflowEnvironment, temporal: Client, db_url: str, mailcatcher: MailCatcher
+) -> AsyncIterator[Stack]:
+    """These flows and the cart flow their tests mix in: an order starts the post-purchase
+    journey, a cart sends the marketing email that smart sending counts."""
+    flows = (CartAbandonment, Welcome, PostPurchase)
+    async with open_stack(time_env, temporal, db_url, mailcatcher, flows) as opened:
+        yield opened
 
 
 def placed(

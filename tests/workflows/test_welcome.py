@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest_asyncio
 from sqlalchemy import select
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -23,11 +25,25 @@ from nudge.mailcatcher import MailCatcher
 from nudge.models import Coupon
 from support import Stack, cart_event, new_email, new_id, order_event, quiet_window
 from workflows import FLOWS
+from workflows.cart_abandonment import CartAbandonment
 from workflows.journey import start_search_attributes
+from workflows.post_purchase import PostPurchase
+from workflows.welcome import Welcome
 
 HISTORIES = Path(__file__).with_name("histories")
 CODE = re.compile(r"NUDGE-[2-9A-HJKMNP-Z]{8}")
 DAY = timedelta(days=1)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def stack(
+    time_env: WorkflowEnvironment, temporal: Client, db_url: str, mailcatcher: MailCatcher
+) -> AsyncIterator[Stack]:
+    """These flows and the cart flow their tests mix in: an order starts the post-purchase
+    journey, a cart sends the marketing email that smart sending counts."""
+    flows = (CartAbandonment, Welcome, PostPurchase)
+    async with open_stack(time_env, temporal, db_url, mailcatcher, flows) as opened:
+        yield opened
 
 
 def subscribed(email: str, *, occurred_at: str = "2026-11-23T10:00:00Z") -> dict[str, Any]:
