@@ -20,7 +20,7 @@ import pytest_asyncio
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from temporalio.api.enums.v1 import IndexedValueType, PendingActivityState
+from temporalio.api.enums.v1 import EventType, IndexedValueType, PendingActivityState
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -40,6 +40,10 @@ from workflows import FLOWS
 from workflows.cart_abandonment import CartAbandonment
 from workflows.journey import Journey as JourneyFlow
 
+WORKFLOW_TASK_IN_FLIGHT = (
+    EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED,
+)
 CI_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
 
@@ -195,8 +199,9 @@ async def _end_running_journeys(
         )
     for workflow_id, run_id in rows.all():
         handle = temporal.get_workflow_handle(workflow_id, run_id=run_id)
-        # Terminated mid-activity, a journey leaves the test server's time-skipping lock held
-        # (seen here): let a started activity finish first (bounded).
+        # Terminated mid-activity or mid-workflow-task, a journey leaves the test server's
+        # time-skipping lock held (seen here): let both finish first (bounded). The test
+        # server's describe does not show a pending workflow task: the history does.
         for _ in range(50):
             described = await handle.describe()
             if described.status != WorkflowExecutionStatus.RUNNING:
@@ -205,6 +210,8 @@ async def _end_running_journeys(
                 a.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
                 for a in described.raw_description.pending_activities
             ):
-                await handle.terminate(reason="test over")
-                break
+                last = [e async for e in handle.fetch_history_events()][-1]
+                if last.event_type not in WORKFLOW_TASK_IN_FLIGHT:
+                    await handle.terminate(reason="test over")
+                    break
             await asyncio.sleep(0.1)
