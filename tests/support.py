@@ -59,6 +59,16 @@ def quiet_window(now: datetime, timezone: str, *, starts_in: timedelta, lasts: t
     return f"{start:%H:%M}-{end:%H:%M}"
 
 
+def dst_shift(earlier: datetime, later: datetime, timezone: str = "Europe/Lisbon") -> timedelta:
+    """How much later (UTC) the same local time of day is at `later` than at `earlier`: an hour
+    across the autumn change, minus an hour across the spring one, else zero. The test server's
+    clock is wherever earlier tests left it, so a flow test may well span a change."""
+    zone = ZoneInfo(timezone)
+    before, after = earlier.astimezone(zone).utcoffset(), later.astimezone(zone).utcoffset()
+    assert before is not None and after is not None
+    return before - after
+
+
 def cart_event(
     email: str,
     token: str,

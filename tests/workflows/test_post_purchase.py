@@ -20,7 +20,7 @@ from nudge import events as ev
 from nudge import queries
 from nudge.journeys import JourneyState, JourneyStatus
 from nudge.mailcatcher import MailCatcher
-from support import Stack, cart_event, new_email, new_id, quiet_window, untracked
+from support import Stack, cart_event, dst_shift, new_email, new_id, quiet_window, untracked
 from workflows import FLOWS
 from workflows.cart_abandonment import CartAbandonment
 from workflows.post_purchase import PostPurchase
@@ -350,10 +350,21 @@ async def test_quiet_hours_hold_marketing_steps_but_not_the_receipts(
     # The confirmation and the shipping update are transactional: out at once, window or not.
     assert at(confirmation, timedelta(0)) and at(shipping, timedelta(hours=1))
     # The guide is due 5 days after the shipment, at an hour inside the window: held to its end.
+    assert state.started_at is not None
+    # The window ends at a fixed local time: a clock change in between moves it in UTC.
+    shift = dst_shift(state.started_at, state.started_at + guide)
     assert (
-        5 * DAY + timedelta(hours=2, minutes=58) <= guide <= 5 * DAY + timedelta(hours=3, minutes=2)
+        5 * DAY + timedelta(hours=2, minutes=58) + shift
+        <= guide
+        <= 5 * DAY + timedelta(hours=3, minutes=2) + shift
     )
-    assert at(review, guide + 7 * DAY) and at(cross_sell, guide + 14 * DAY)
+    sent = state.started_at + guide
+    # A week on, the same UTC moment is an hour earlier in Lisbon after an autumn change:
+    # inside the window again, held to its end.
+    for offset, days in ((review, 7), (cross_sell, 14)):
+        assert at(
+            offset, guide + days * DAY + max(dst_shift(sent, sent + days * DAY), timedelta(0))
+        )
 
 
 async def test_fresh_journeys_replay(stack: Stack, time_env: WorkflowEnvironment) -> None:

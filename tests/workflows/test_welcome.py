@@ -23,7 +23,7 @@ from nudge import personalize
 from nudge.journeys import JourneyInput, JourneyState, JourneyStatus
 from nudge.mailcatcher import MailCatcher
 from nudge.models import Coupon
-from support import Stack, cart_event, new_email, new_id, order_event, quiet_window
+from support import Stack, cart_event, dst_shift, new_email, new_id, order_event, quiet_window
 from workflows import FLOWS
 from workflows.cart_abandonment import CartAbandonment
 from workflows.journey import start_search_attributes
@@ -311,8 +311,13 @@ async def test_quiet_hours_hold_the_welcome_until_the_window_ends(
     held = offsets(state)
     # Sent when the window ends; the next steps, a day or more later, fall outside it.
     assert timedelta(hours=2, minutes=58) <= held[0] <= timedelta(hours=3, minutes=2)
+    assert state.started_at is not None
+    first = state.started_at + held[0]
     for offset, days in zip(held[1:], (1, 3, 6), strict=True):
-        assert held[0] + days * DAY <= offset < held[0] + days * DAY + timedelta(minutes=1)
+        # Across an autumn clock change the same UTC moment is an hour earlier in Lisbon,
+        # inside the window again: held to its end.
+        due = held[0] + days * DAY + max(dst_shift(first, first + days * DAY), timedelta(0))
+        assert due <= offset < due + timedelta(minutes=1)
 
 
 async def test_fresh_journeys_replay(stack: Stack, time_env: WorkflowEnvironment) -> None:
