@@ -59,6 +59,11 @@ def quiet_window(now: datetime, timezone: str, *, starts_in: timedelta, lasts: t
     return f"{start:%H:%M}-{end:%H:%M}"
 
 
+def forged(mac: str) -> str:
+    """A signature that differs from `mac` in its last two characters (never `mac` itself)."""
+    return mac[:-2] + ("AA" if mac[-2:] != "AA" else "BB")
+
+
 def dst_shift(earlier: datetime, later: datetime, timezone: str = "Europe/Lisbon") -> timedelta:
     """How much later (UTC) the same local time of day is at `later` than at `earlier`: an hour
     across the autumn change, minus an hour across the spring one, else zero. The test server's
