@@ -3,17 +3,12 @@ recording of their histories for the replay tests."""
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Replayer
 
 from support import Stack, new_id
-from workflows import FLOWS
 
 
 def product(product_id: str, **fields: Any) -> dict[str, Any]:
@@ -56,17 +51,3 @@ async def post_products(stack: Stack, *items: dict[str, Any]) -> httpx.Response:
         json={"products": list(items)},
         headers={"Authorization": f"Bearer {stack.settings.api_key}"},
     )
-
-
-HISTORIES = Path(__file__).parent / "workflows" / "histories"
-
-
-async def replay_and_record(stack: Stack, name: str, workflow_id: str) -> None:
-    """Replay a finished journey on the current code; with NUDGE_RECORD_HISTORIES=1 also save
-    its history as tests/workflows/histories/<name>.json (replayed by test_replay.py)."""
-    history = await stack.temporal.get_workflow_handle(workflow_id).fetch_history()
-    replayer = Replayer(workflows=list(FLOWS), data_converter=pydantic_data_converter)
-    await replayer.replay_workflow(history)
-    if os.environ.get("NUDGE_RECORD_HISTORIES"):
-        HISTORIES.mkdir(exist_ok=True)
-        (HISTORIES / f"{name}.json").write_text(history.to_json())

@@ -178,13 +178,22 @@ async def open_stack(
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def stack(
-    time_env: WorkflowEnvironment, temporal: Client, db_url: str, mailcatcher: MailCatcher
+    request: pytest.FixtureRequest,
+    time_env: WorkflowEnvironment,
+    temporal: Client,
+    db_url: str,
+    mailcatcher: MailCatcher,
 ) -> AsyncIterator[Stack]:
     """The spine's stack: the cart flow alone. Every flow of the library starts on store events
     too (an order makes a one-time buyer, and a VIP, post-purchase...); a test of the API or of
     one flow must not see their journeys, nor leave them to stall the time-skipping server.
-    Each flow's own tests open a stack with the flows they are about (`open_stack(flows=...)`)."""
-    async with open_stack(time_env, temporal, db_url, mailcatcher, (CartAbandonment,)) as opened:
+    A flow's test module names the flows it is about in `STACK_FLOWS` (and settings in
+    `STACK_SETTINGS`)."""
+    flows = getattr(request.module, "STACK_FLOWS", (CartAbandonment,))
+    overrides = getattr(request.module, "STACK_SETTINGS", None)
+    async with open_stack(
+        time_env, temporal, db_url, mailcatcher, flows, settings_overrides=overrides
+    ) as opened:
         yield opened
 
 

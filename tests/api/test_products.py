@@ -9,12 +9,12 @@ from decimal import Decimal
 from typing import Any
 
 import pytest_asyncio
-from catalog_support import ago, post_products, product, product_event
 from sqlalchemy import select, update
 from temporalio import workflow
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from catalog_support import ago, post_products, product, product_event
 from conftest import open_stack
 from nudge import catalog
 from nudge import events as ev

@@ -3,36 +3,26 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-import pytest_asyncio
-from catalog_support import ago, post_products, product, product_event, replay_and_record
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from catalog_support import ago, post_products, product, product_event
 from conftest import open_stack
 from nudge import events as ev
 from nudge import queries
 from nudge.journeys import JourneyStatus
 from nudge.mailcatcher import MailCatcher
-from support import Stack, new_email, new_id, order_event, quiet_window, untracked
+from support import Stack, new_email, new_id, order_event, quiet_window, record_history, untracked
 from workflows.back_in_stock import BackInStock
 from workflows.journey import choose
 
 # Only the flows these tests are about: another flow's journey, started by the same events and
 # still running when a test ends, could be mid-send when its worker stops.
-FLOWS_HERE = (BackInStock,)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def stack(
-    time_env: WorkflowEnvironment, temporal: Client, db_url: str, mailcatcher: MailCatcher
-) -> AsyncIterator[Stack]:
-    async with open_stack(time_env, temporal, db_url, mailcatcher, FLOWS_HERE) as opened:
-        yield opened
+STACK_FLOWS = (BackInStock,)
 
 
 async def ask(stack: Stack, email: str, pid: str) -> None:
@@ -61,7 +51,7 @@ async def test_asked_gets_the_news_at_once_and_a_reminder_two_days_later(stack: 
     wid = await start(stack, email, pid)
 
     state = await stack.finish(wid)
-    await replay_and_record(stack, "back_in_stock_completed", wid)
+    await record_history(stack, "back_in_stock_completed", wid)
 
     assert state.status == JourneyStatus.COMPLETED
     assert [(e.step, e.status) for e in state.emails] == [
@@ -173,7 +163,7 @@ async def test_quiet_hours_hold_the_news_until_they_end(
     window = quiet_window(now, "Europe/Lisbon", starts_in=timedelta(0), lasts=timedelta(hours=2))
     overrides = {"quiet_hours": window}
     async with open_stack(
-        time_env, temporal, sqlite_url, mailcatcher, FLOWS_HERE, settings_overrides=overrides
+        time_env, temporal, sqlite_url, mailcatcher, STACK_FLOWS, settings_overrides=overrides
     ) as quiet:
         wid = await start(quiet, new_email(), new_id("p"))
         state = await quiet.finish(wid)

@@ -3,38 +3,37 @@ SMTP server: a view, 4 hours, the product and similar ones, a day, one more nudg
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-import pytest_asyncio
-from catalog_support import ago, post_products, product, product_event, replay_and_record
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from catalog_support import ago, post_products, product, product_event
 from conftest import open_stack
 from nudge import events as ev
 from nudge import queries
 from nudge.journeys import JourneyStatus
 from nudge.mailcatcher import MailCatcher
-from support import Stack, cart_event, new_email, new_id, order_event, quiet_window, untracked
+from support import (
+    Stack,
+    cart_event,
+    new_email,
+    new_id,
+    order_event,
+    quiet_window,
+    record_history,
+    untracked,
+)
 from workflows.back_in_stock import BackInStock
 from workflows.browse_abandonment import BrowseAbandonment
 from workflows.journey import choose
 
 # Only the flows these tests are about: another flow's journey, started by the same events and
 # still running when a test ends, could be mid-send when its worker stops.
-FLOWS_HERE = (BrowseAbandonment, BackInStock)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def stack(
-    time_env: WorkflowEnvironment, temporal: Client, db_url: str, mailcatcher: MailCatcher
-) -> AsyncIterator[Stack]:
-    async with open_stack(time_env, temporal, db_url, mailcatcher, FLOWS_HERE) as opened:
-        yield opened
+STACK_FLOWS = (BrowseAbandonment, BackInStock)
 
 
 async def view(stack: Stack, email: str, item: dict[str, Any], **kwargs: Any) -> list[str]:
@@ -58,7 +57,7 @@ async def test_a_view_gets_the_product_then_one_more_nudge(stack: Stack) -> None
     wid = await start_browse(stack, email, product(pid, category=category))
 
     state = await stack.finish(wid)
-    await replay_and_record(stack, "browse_abandonment_completed", wid)
+    await record_history(stack, "browse_abandonment_completed", wid)
 
     assert state.status == JourneyStatus.COMPLETED
     assert [(e.step, e.status) for e in state.emails] == [
@@ -185,7 +184,7 @@ async def test_quiet_hours_hold_the_first_email_until_they_end(
         temporal,
         sqlite_url,
         mailcatcher,
-        FLOWS_HERE,
+        STACK_FLOWS,
         settings_overrides={"quiet_hours": window},
     ) as quiet:
         wid = await start_browse(quiet, new_email(), product(new_id("p")))

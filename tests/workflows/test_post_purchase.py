@@ -3,43 +3,38 @@ and SMTP server: three weeks of journey in about a second."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
-import pytest_asyncio
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Replayer
 
 from conftest import open_stack
 from nudge import events as ev
 from nudge import queries
 from nudge.journeys import JourneyState, JourneyStatus
 from nudge.mailcatcher import MailCatcher
-from support import Stack, cart_event, dst_shift, new_email, new_id, quiet_window, untracked
-from workflows import FLOWS
+from support import (
+    Stack,
+    cart_event,
+    dst_shift,
+    new_email,
+    new_id,
+    quiet_window,
+    record_history,
+    untracked,
+)
 from workflows.cart_abandonment import CartAbandonment
 from workflows.post_purchase import PostPurchase
 from workflows.welcome import Welcome
 
-HISTORIES = Path(__file__).with_name("histories")
 DAY = timedelta(days=1)
 TRACKING = "https://tracking.example.com/parcel/{order}"
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def stack(
-    time_env: WorkflowEnvironment, temporal: Client, db_url: str, mailcatcher: MailCatcher
-) -> AsyncIterator[Stack]:
-    """These flows and the cart flow their tests mix in: an order starts the post-purchase
-    journey, a cart sends the marketing email that smart sending counts."""
-    flows = (CartAbandonment, Welcome, PostPurchase)
-    async with open_stack(time_env, temporal, db_url, mailcatcher, flows) as opened:
-        yield opened
+# These flows and the cart flow the tests mix in: an order starts the post-purchase journey, a
+# cart sends the marketing email that smart sending counts (conftest's `stack` runs them).
+STACK_FLOWS = (CartAbandonment, Welcome, PostPurchase)
 
 
 def placed(
@@ -374,19 +369,11 @@ async def test_fresh_journeys_replay(stack: Stack, time_env: WorkflowEnvironment
     await time_env.sleep(DAY)
     await post(stack, shipped(email, order_id))  # the wait_for's signal, in the history
     await stack.finish(completed)
-    await record(stack, "post_purchase_completed", completed)
+    await record_history(stack, "post_purchase_completed", completed)
 
     email, order_id = new_email(), new_id("order")
     exited = await start(stack, email, order_id)
     await time_env.sleep(DAY)
     await post(stack, refunded(email, order_id))
     await stack.finish(exited)
-    await record(stack, "post_purchase_refunded", exited)
-
-
-async def record(stack: Stack, name: str, workflow_id: str) -> None:
-    history = await stack.temporal.get_workflow_handle(workflow_id).fetch_history()
-    replayer = Replayer(workflows=list(FLOWS), data_converter=pydantic_data_converter)
-    await replayer.replay_workflow(history)
-    if os.environ.get("NUDGE_RECORD_HISTORIES"):
-        (HISTORIES / f"{name}.json").write_text(history.to_json())
+    await record_history(stack, "post_purchase_refunded", exited)

@@ -3,38 +3,28 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-import pytest_asyncio
-from catalog_support import ago, post_products, product, product_event, replay_and_record
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from catalog_support import ago, post_products, product, product_event
 from conftest import open_stack
 from nudge import events as ev
 from nudge import queries
 from nudge.journeys import JourneyStatus
 from nudge.mailcatcher import CaughtMessage, MailCatcher
 from nudge.models import StoreEvent
-from support import Stack, new_email, new_id, order_event, quiet_window, untracked
+from support import Stack, new_email, new_id, order_event, quiet_window, record_history, untracked
 from workflows.browse_abandonment import BrowseAbandonment
 from workflows.journey import choose
 from workflows.price_drop import PriceDrop
 
 # Only the flows these tests are about: another flow's journey, started by the same events and
 # still running when a test ends, could be mid-send when its worker stops.
-FLOWS_HERE = (PriceDrop,)
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def stack(
-    time_env: WorkflowEnvironment, temporal: Client, db_url: str, mailcatcher: MailCatcher
-) -> AsyncIterator[Stack]:
-    async with open_stack(time_env, temporal, db_url, mailcatcher, FLOWS_HERE) as opened:
-        yield opened
+STACK_FLOWS = (PriceDrop,)
 
 
 async def viewed(stack: Stack, email: str, pid: str, price: str = "59.00") -> None:
@@ -66,7 +56,7 @@ async def test_a_viewer_gets_old_and_new_price_an_hour_after_the_drop(stack: Sta
     wid = await start(stack, email, pid)
 
     state = await stack.finish(wid)
-    await replay_and_record(stack, "price_drop_completed", wid)
+    await record_history(stack, "price_drop_completed", wid)
 
     assert state.status == JourneyStatus.COMPLETED
     [sent] = state.emails
@@ -150,7 +140,7 @@ async def test_quiet_hours_hold_the_email_until_they_end(
     )
     overrides = {"quiet_hours": window}
     async with open_stack(
-        time_env, temporal, sqlite_url, mailcatcher, FLOWS_HERE, settings_overrides=overrides
+        time_env, temporal, sqlite_url, mailcatcher, STACK_FLOWS, settings_overrides=overrides
     ) as quiet:
         wid = await start(quiet, new_email(), new_id("p"))
         state = await quiet.finish(wid)

@@ -6,7 +6,6 @@ fresh histories next to this file (commit them when a flow changes on purpose)."
 from __future__ import annotations
 
 import json
-import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from support import Stack, cart_event, new_email, new_id, order_event
+from support import Stack, cart_event, new_email, new_id, order_event, record_history
 from workflows import FLOWS
 
 HISTORIES = Path(__file__).with_name("histories")
@@ -41,14 +40,6 @@ def test_every_flow_has_a_recorded_history() -> None:
         assert any(s.startswith(flow.flow) for s in stems), f"no recorded history for {flow.flow}"
 
 
-async def _record(stack: Stack, name: str, workflow_id: str) -> None:
-    history = await stack.temporal.get_workflow_handle(workflow_id).fetch_history()
-    await replayer().replay_workflow(history)
-    if os.environ.get("NUDGE_RECORD_HISTORIES"):
-        HISTORIES.mkdir(exist_ok=True)
-        (HISTORIES / f"{name}.json").write_text(history.to_json())
-
-
 async def test_fresh_journeys_replay(stack: Stack) -> None:
     # A returning customer: the journey takes the `returning-customer-split` branch. The
     # `cart_abandonment_v1_*` histories were recorded before that patch and replay its old path.
@@ -57,7 +48,7 @@ async def test_fresh_journeys_replay(stack: Stack) -> None:
     response = await stack.post(cart_event(email, token))
     [completed] = response.json()["results"][0]["journeys"]
     await stack.finish(completed)
-    await _record(stack, "cart_abandonment_completed", completed)
+    await record_history(stack, "cart_abandonment_completed", completed)
 
     email, token = new_email(), new_id("cart")
     response = await stack.post(cart_event(email, token))
@@ -67,4 +58,4 @@ async def test_fresh_journeys_replay(stack: Stack) -> None:
     await stack.env.sleep(timedelta(hours=3))
     await stack.post(order_event(email, new_id("order"), cart_token=token))
     await stack.finish(converted)
-    await _record(stack, "cart_abandonment_converted", converted)
+    await record_history(stack, "cart_abandonment_converted", converted)

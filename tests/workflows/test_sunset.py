@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import pytest_asyncio
 from sqlalchemy import select, update
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
@@ -39,22 +37,12 @@ from workflows.journey import choose
 from workflows.sunset import Sunset
 
 # The cart flow sends the contact a real marketing email: the one they never open.
-FLOWS = (Sunset, CartAbandonment)
+STACK_FLOWS = (Sunset, CartAbandonment)
 # A click within NUDGE_TRACKING_SCANNER_SECONDS of the send counts as a link scanner's; here
 # the reader clicks days later in journey time but seconds later on the wall clock.
-NO_SCANNER_WINDOW = {"tracking_scanner_seconds": 0}
+STACK_SETTINGS = NO_SCANNER_WINDOW = {"tracking_scanner_seconds": 0}
 LISBON = ZoneInfo("Europe/Lisbon")
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:132.0) Gecko/20100101 Firefox/132.0"
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def stack(
-    time_env: WorkflowEnvironment, temporal: Client, db_url: str, mailcatcher: MailCatcher
-) -> AsyncIterator[Stack]:
-    async with open_stack(
-        time_env, temporal, db_url, mailcatcher, FLOWS, settings_overrides=NO_SCANNER_WINDOW
-    ) as opened:
-        yield opened
 
 
 async def post(stack: Stack, body: dict[str, Any]) -> list[str]:
@@ -82,7 +70,7 @@ async def silent_customer(stack: Stack, time_env: WorkflowEnvironment, email: st
 
 async def hourly_refresh(stack: Stack, cid: int) -> str:
     """The hourly refresh puts the contact in `unengaged_180`, which starts their sunset."""
-    result = await refresh_segments(stack, FLOWS, utcnow())
+    result = await refresh_segments(stack, STACK_FLOWS, utcnow())
     assert result.segments["unengaged_180"].entered >= 1
     wid = f"sunset-{cid}-unengaged_180"
     assert [j.workflow_id for j in await journeys(stack, "sunset", cid)] == [wid]
@@ -219,7 +207,7 @@ async def test_quiet_hours_hold_the_question_until_they_end(
     )
     overrides = {"quiet_hours": window, **NO_SCANNER_WINDOW}
     async with open_stack(
-        time_env, temporal, db_url, mailcatcher, FLOWS, settings_overrides=overrides
+        time_env, temporal, db_url, mailcatcher, STACK_FLOWS, settings_overrides=overrides
     ) as quiet:
         wid = await hourly_refresh(quiet, cid)  # inside the window
         state = await quiet.finish(wid)
@@ -239,7 +227,7 @@ async def test_a_contact_is_asked_once_ever(stack: Stack, time_env: WorkflowEnvi
     # Later on they click a link in the re-permission email after all: engaged, they leave
     # `unengaged_180` at the next refresh.
     await click_the_button(stack, email)
-    assert await refresh_contact(stack, FLOWS, cid, utcnow()) == []
+    assert await refresh_contact(stack, STACK_FLOWS, cid, utcnow()) == []
     async with stack.sessions() as session:
         assert "unengaged_180" not in {sid for sid, _, _ in await segments_of(session, cid)}
     # Half a year on, mailed once more (a newsletter) and silent again: back in
@@ -259,7 +247,7 @@ async def test_a_contact_is_asked_once_ever(stack: Stack, time_env: WorkflowEnvi
                 sent_at=later - timedelta(days=10),
             )
         )
-    assert await refresh_contact(stack, FLOWS, cid, later) == []
+    assert await refresh_contact(stack, STACK_FLOWS, cid, later) == []
     async with stack.sessions() as session:
         assert "unengaged_180" in {sid for sid, _, _ in await segments_of(session, cid)}
     assert len(await journeys(stack, "sunset", cid)) == 1

@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import pytest_asyncio
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
@@ -36,17 +34,9 @@ from workflows.cart_abandonment import CartAbandonment
 from workflows.journey import choose
 from workflows.vip import Vip
 
-FLOWS = (Vip, CartAbandonment)
+STACK_FLOWS = (Vip, CartAbandonment)
 VIP_STEPS = ["vip_1", "vip_2", "vip_3"]
 LISBON = ZoneInfo("Europe/Lisbon")
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def stack(
-    time_env: WorkflowEnvironment, temporal: Client, db_url: str, mailcatcher: MailCatcher
-) -> AsyncIterator[Stack]:
-    async with open_stack(time_env, temporal, db_url, mailcatcher, flows=FLOWS) as opened:
-        yield opened
 
 
 async def post(stack: Stack, body: dict[str, Any]) -> list[str]:
@@ -216,7 +206,12 @@ async def test_quiet_hours_hold_the_thank_you_until_they_end(
         now, "Europe/Lisbon", starts_in=-timedelta(minutes=30), lasts=timedelta(hours=3)
     )
     async with open_stack(
-        time_env, temporal, db_url, mailcatcher, FLOWS, settings_overrides={"quiet_hours": window}
+        time_env,
+        temporal,
+        db_url,
+        mailcatcher,
+        STACK_FLOWS,
+        settings_overrides={"quiet_hours": window},
     ) as quiet:
         email = new_email()
         await post(quiet, order(email, total="600.00"))  # a VIP inside the window

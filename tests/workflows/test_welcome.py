@@ -3,47 +3,42 @@ SMTP server: a week of journey in about a second."""
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-import pytest_asyncio
 from sqlalchemy import select
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Replayer
 
 from conftest import open_stack
 from nudge import personalize
 from nudge.journeys import JourneyInput, JourneyState, JourneyStatus
 from nudge.mailcatcher import MailCatcher
 from nudge.models import Coupon
-from support import Stack, cart_event, dst_shift, new_email, new_id, order_event, quiet_window
-from workflows import FLOWS
+from support import (
+    Stack,
+    cart_event,
+    dst_shift,
+    new_email,
+    new_id,
+    order_event,
+    quiet_window,
+    record_history,
+)
 from workflows.cart_abandonment import CartAbandonment
 from workflows.journey import start_search_attributes
 from workflows.post_purchase import PostPurchase
 from workflows.welcome import Welcome
 
-HISTORIES = Path(__file__).with_name("histories")
 CODE = re.compile(r"NUDGE-[2-9A-HJKMNP-Z]{8}")
 DAY = timedelta(days=1)
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def stack(
-    time_env: WorkflowEnvironment, temporal: Client, db_url: str, mailcatcher: MailCatcher
-) -> AsyncIterator[Stack]:
-    """These flows and the cart flow their tests mix in: an order starts the post-purchase
-    journey, a cart sends the marketing email that smart sending counts."""
-    flows = (CartAbandonment, Welcome, PostPurchase)
-    async with open_stack(time_env, temporal, db_url, mailcatcher, flows) as opened:
-        yield opened
+# These flows and the cart flow the tests mix in: an order starts the post-purchase journey, a
+# cart sends the marketing email that smart sending counts (conftest's `stack` runs them).
+STACK_FLOWS = (CartAbandonment, Welcome, PostPurchase)
 
 
 def subscribed(email: str, *, occurred_at: str = "2026-11-23T10:00:00Z") -> dict[str, Any]:
@@ -324,21 +319,13 @@ async def test_fresh_journeys_replay(stack: Stack, time_env: WorkflowEnvironment
     """Replays on the current code; `NUDGE_RECORD_HISTORIES=1` records them for test_replay.py."""
     completed = await subscribe(stack, new_email())
     await stack.finish(completed)
-    await record(stack, "welcome_completed", completed)
+    await record_history(stack, "welcome_completed", completed)
 
     email = new_email()
     converted = await subscribe(stack, email)
     await time_env.sleep(timedelta(days=2))
     await stack.post(order_event(email, new_id("order")))
     await stack.finish(converted)
-    await record(stack, "welcome_converted", converted)
+    await record_history(stack, "welcome_converted", converted)
     # The order's confirmation goes out before the test ends (its journey is left waiting).
     await time_env.sleep(timedelta(minutes=1))
-
-
-async def record(stack: Stack, name: str, workflow_id: str) -> None:
-    history = await stack.temporal.get_workflow_handle(workflow_id).fetch_history()
-    replayer = Replayer(workflows=list(FLOWS), data_converter=pydantic_data_converter)
-    await replayer.replay_workflow(history)
-    if os.environ.get("NUDGE_RECORD_HISTORIES"):
-        (HISTORIES / f"{name}.json").write_text(history.to_json())

@@ -4,11 +4,9 @@ database and SMTP server: a lapsed customer's 60 days of ladder in well under a 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
-import pytest_asyncio
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
@@ -40,17 +38,9 @@ from workflows.journey import choose
 from workflows.winback import Winback
 
 # The cart flow is here for a marketing email shortly before the lapse (smart sending).
-FLOWS = (Winback, CartAbandonment)
+STACK_FLOWS = (Winback, CartAbandonment)
 LADDER = ["winback_1", "winback_2", "winback_3"]
 LISBON = ZoneInfo("Europe/Lisbon")
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def stack(
-    time_env: WorkflowEnvironment, temporal: Client, db_url: str, mailcatcher: MailCatcher
-) -> AsyncIterator[Stack]:
-    async with open_stack(time_env, temporal, db_url, mailcatcher, flows=FLOWS) as opened:
-        yield opened
 
 
 async def post(stack: Stack, body: dict[str, object]) -> list[str]:
@@ -77,7 +67,7 @@ async def test_a_lapsed_customer_climbs_the_ladder_from_the_hourly_refresh(stack
     assert await journeys(stack, "winback", cid) == []  # 29 days: not lapsed yet
 
     # Two days later the hourly refresh finds the contact lapsed, with no event about them.
-    result = await refresh_segments(stack, FLOWS, utcnow() + timedelta(days=2))
+    result = await refresh_segments(stack, STACK_FLOWS, utcnow() + timedelta(days=2))
     assert result.segments["lapsed_30"].entered >= 1 and result.journeys_started >= 1
     wid = f"winback-{cid}-lapsed_30"
     [row] = await journeys(stack, "winback", cid)
@@ -200,7 +190,12 @@ async def test_quiet_hours_hold_the_first_rung_until_they_end(
         now, "Europe/Lisbon", starts_in=-timedelta(minutes=30), lasts=timedelta(hours=3)
     )
     async with open_stack(
-        time_env, temporal, db_url, mailcatcher, FLOWS, settings_overrides={"quiet_hours": window}
+        time_env,
+        temporal,
+        db_url,
+        mailcatcher,
+        STACK_FLOWS,
+        settings_overrides={"quiet_hours": window},
     ) as quiet:
         _, wid = await lapsed(quiet, new_email())  # lapses inside the window
         state = await quiet.finish(wid)
@@ -236,7 +231,7 @@ async def test_a_second_lapse_gets_the_ladder_again_but_a_refund_flap_does_not(
 
     # A real second lapse: bought again, then 31 days without an order.
     await post(stack, order_event(email, new_id("order"), occurred_at=iso(utcnow())))
-    assert await refresh_contact(stack, FLOWS, cid, utcnow() + timedelta(days=31)) == [wid]
+    assert await refresh_contact(stack, STACK_FLOWS, cid, utcnow() + timedelta(days=31)) == [wid]
     first_run, second_run = await journeys(stack, "winback", cid)
     assert second_run.workflow_id == wid and second_run.run_id != first_run.run_id
     state = await stack.finish(wid)
