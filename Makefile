@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: venv
-	$(BIN)/python -m nudge.devstack
+	$(BIN)/python -m nudge.dev.devstack
 
 lint: venv
 	$(BIN)/ruff check .
@@ -51,7 +51,7 @@ system-deps:
 
 # SpamAssassin scores (local rules) of every shipped template; fails above 2.0.
 spamcheck: venv system-deps
-	$(BIN)/python -m nudge.spamcheck
+	$(BIN)/python -m nudge.dev.spamcheck
 
 # The full chaos run (1000 journeys, 10 worker kills); a short one is part of `make test`.
 chaos: venv

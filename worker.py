@@ -35,11 +35,11 @@ from activities.email import EmailActivities
 from activities.outbound import WebhookActivities
 from activities.segments import SegmentActivities
 from nudge import segments as segment_store
-from nudge.db import create_engine, session_maker
-from nudge.journeys import SegmentRefreshInput
-from nudge.mail import DkimSigner, SmtpSender
-from nudge.models import utcnow
+from nudge.journeys.contracts import SegmentRefreshInput
+from nudge.mail.smtp import DkimSigner, SmtpSender
 from nudge.settings import Settings, get_settings
+from nudge.storage.db import create_engine, session_maker
+from nudge.storage.models import utcnow
 from workflows import FLOWS
 from workflows.segment_refresh import REFRESH_EVERY, SCHEDULE_ID, SegmentRefresh
 

@@ -21,12 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from nudge import queries, suppression
-from nudge.journeys import ContactProfile, ContactProfileInput, ContactUpdateInput
-from nudge.models import Contact, ContactTag, MessageEvent, Order, SegmentMember
+from nudge.contacts import directory, suppression
+from nudge.journeys.contracts import ContactProfile, ContactProfileInput, ContactUpdateInput
+from nudge.mail.tracking import CLICK, OPEN
 from nudge.segments import REFUNDED
 from nudge.settings import Settings
-from nudge.tracking import CLICK, OPEN
+from nudge.storage.models import Contact, ContactTag, MessageEvent, Order, SegmentMember
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,8 @@ class ContactActivities:
             if contact is None:
                 log.warning("update of contact %s (%s): no such contact", job.contact_id, job.step)
                 return
-            await queries.merge_properties(session, contact.id, dict(job.properties))
-            await queries.add_tags(session, contact.id, job.tags)
+            await directory.merge_properties(session, contact.id, dict(job.properties))
+            await directory.add_tags(session, contact.id, job.tags)
             if job.suppress is not None:
                 added = await suppression.add(
                     session,

@@ -21,12 +21,16 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import filters
-from nudge import abtest, personalize, queries, suppression, tokens, tracking
-from nudge.journeys import SendEmailInput, SendEmailResult, message_id
-from nudge.mail import OutgoingMessage, SmtpSender, build_message, smtp_code
-from nudge.models import Contact, Message, MessageStatus
-from nudge.render import Renderer, TemplateProblem
+from nudge.analytics import abtest
+from nudge.commerce import orders
+from nudge.contacts import suppression
+from nudge.journeys.contracts import SendEmailInput, SendEmailResult, message_id
+from nudge.mail import context as personalize
+from nudge.mail import messages, tokens, tracking
+from nudge.mail.render import Renderer, TemplateProblem
+from nudge.mail.smtp import OutgoingMessage, SmtpSender, build_message, smtp_code
 from nudge.settings import Settings
+from nudge.storage.models import Contact, Message, MessageStatus
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +75,7 @@ class EmailActivities:
             # one claimed the row must not commit, so its copy is dropped before the final dot.
             nonlocal committed
             async with self.sessions.begin() as session:
-                if not await queries.mark_sent(session, mid, attempt):
+                if not await messages.mark_sent(session, mid, attempt):
                     raise Superseded(f"attempt {attempt} of {mid} was superseded")
             committed = True
 
@@ -98,7 +102,7 @@ class EmailActivities:
         so claiming first made every concurrent send and ingest wait on this one's rendering."""
         # A/B: once a step has a recorded winner, only the winner is sent (nudge/abtest.py).
         job = await abtest.settle_variant(session, job, mid, self.settings)
-        existing = await queries.find_message(
+        existing = await messages.find_message(
             session, job.workflow_id, job.trigger_event_id, job.step
         )
         if existing is not None:
@@ -140,7 +144,7 @@ class EmailActivities:
 
     async def _claim(self, session: AsyncSession, job: SendEmailInput, mid: str) -> Message:
         """The step's log row, created on first sight and locked (PostgreSQL) until commit."""
-        row = await queries.claim_message(
+        row = await messages.claim_message(
             session,
             {
                 "message_id": mid,
@@ -183,7 +187,7 @@ class EmailActivities:
         code = smtp_code(err)
         permanent = code is not None and 500 <= code < 600
         async with self.sessions.begin() as session:
-            await queries.set_message_status(
+            await messages.set_message_status(
                 session,
                 mid,
                 status=MessageStatus.FAILED if permanent else MessageStatus.QUEUED,
@@ -225,7 +229,7 @@ class EmailActivities:
         if job.smart_sending and self.settings.smart_sending_hours > 0:
             now = job.now or activity.info().scheduled_time
             window = timedelta(hours=self.settings.smart_sending_hours) / job.time_scale
-            if await queries.marketing_sent_since(
+            if await messages.marketing_sent_since(
                 session, contact.id, now - window, exclude=(job.workflow_id, job.step)
             ):
                 return "smart_sending"
@@ -255,7 +259,7 @@ class EmailActivities:
             "now": now,
             "unsubscribe_url": None if job.transactional else self._unsubscribe_url(contact, mid),
         }
-        cart = await queries.get_cart(session, job.key)
+        cart = await orders.get_cart(session, job.key)
         cart_ids: list[str] = []
         if cart is not None:
             cart_ids = [line.product_id for line in cart.lines]

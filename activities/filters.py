@@ -14,10 +14,10 @@ from datetime import timedelta
 from sqlalchemy import exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nudge import queries
-from nudge.journeys import SendEmailInput
-from nudge.models import Cart, CartLine, Contact, Order, Product
+from nudge.commerce import orders
+from nudge.journeys.contracts import SendEmailInput
 from nudge.segments import REFUNDED
+from nudge.storage.models import Cart, CartLine, Contact, Order, Product
 
 # How long a cart journey lasts (emails at 2 h, 1 day and 2 days): a cart touched this long
 # before a browse journey started may still have its journey running.
@@ -30,14 +30,14 @@ async def no_order_since_start(
     session: AsyncSession, job: SendEmailInput, contact: Contact
 ) -> str | None:
     """Placed no order since the journey started (nor one for the cart the journey is about)."""
-    if await queries.has_converted(session, contact.id, job.key, job.journey_started_at):
+    if await orders.has_converted(session, contact.id, job.key, job.journey_started_at):
         return "converted"
     return None
 
 
 async def cart_open(session: AsyncSession, job: SendEmailInput, contact: Contact) -> str | None:
     """The cart the journey is about still has items."""
-    cart = await queries.get_cart(session, job.key)
+    cart = await orders.get_cart(session, job.key)
     return None if cart is not None and cart.lines else "cart_emptied"
 
 

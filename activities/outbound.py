@@ -40,7 +40,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from nudge import signing
-from nudge.journeys import WebhookInput, WebhookResult
+from nudge.journeys.contracts import WebhookInput, WebhookResult
 from nudge.settings import Settings
 
 log = logging.getLogger(__name__)

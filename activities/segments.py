@@ -18,9 +18,9 @@ from temporalio.client import Client
 
 from api.ingest import Ingestor
 from nudge import segments
-from nudge.journeys import SegmentCounts, SegmentRefreshInput, SegmentRefreshResult
-from nudge.models import utcnow
+from nudge.journeys.contracts import SegmentCounts, SegmentRefreshInput, SegmentRefreshResult
 from nudge.settings import Settings
+from nudge.storage.models import utcnow
 from workflows import FLOWS
 from workflows.journey import Journey
 

@@ -25,11 +25,11 @@ from api.routers import (
     unsubscribe,
     webhooks,
 )
-from nudge import events as ev
-from nudge.db import create_engine, session_maker
-from nudge.models import utcnow
+from nudge.events import schemas as ev
 from nudge.segments import ensure_builtin_segments
 from nudge.settings import Settings, get_settings
+from nudge.storage.db import create_engine, session_maker
+from nudge.storage.models import utcnow
 from workflows import FLOWS
 from workflows.journey import Journey
 

@@ -23,11 +23,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from nudge import consent, queries, segments
-from nudge import events as ev
-from nudge.journeys import JourneyEvent, JourneyInput, workflow_id
-from nudge.models import utcnow
+from nudge import segments
+from nudge.contacts import consent, directory
+from nudge.events import schemas as ev
+from nudge.intake import event_log, projection
+from nudge.journeys import records
+from nudge.journeys.contracts import JourneyEvent, JourneyInput, workflow_id
 from nudge.settings import Settings
+from nudge.storage.models import utcnow
 from workflows import FLOWS
 from workflows.journey import Journey, start_search_attributes
 
@@ -91,15 +94,15 @@ class Ingestor:
         # Two transactions per event: one to store it (and read what it left to route), one to
         # record what Temporal accepted. SQLite has one writer, so each one saved is throughput.
         async with self.sessions.begin() as session:
-            known = await queries.event_status(session, event.id)
+            known = await event_log.event_status(session, event.id)
             if known is not None and known.routed_at is not None:
                 return EventResult(id=event.id, status="duplicate")
             current = True
             if known is None:
-                contact_id = await queries.upsert_contact(session, event.contact)
-                if not await queries.record_event(session, event, contact_id, raw):
+                contact_id = await directory.upsert_contact(session, event.contact)
+                if not await event_log.record_event(session, event, contact_id, raw):
                     return EventResult(id=event.id, status="duplicate")  # lost a race to a twin
-                current = await queries.apply_event(
+                current = await projection.apply_event(
                     session, event, contact_id, settings=self.settings
                 )
                 await segments.refresh_contact(
@@ -113,7 +116,7 @@ class Ingestor:
             )
             # Events Nudge derived from this one (a loyalty tier change), stored with it so a
             # crash before they are routed delays them but cannot lose them.
-            follow_ups = await queries.follow_ups(session, event.id)
+            follow_ups = await event_log.follow_ups(session, event.id)
         if isinstance(event, ev.CustomerSubscribed) and self.settings.double_opt_in:
             # Double opt-in: the subscription reaches flows only once confirmed (api/routers/
             # preferences.py ingests it again then); until then, the confirmation email.
@@ -133,8 +136,8 @@ class Ingestor:
             await self._record(session, started)
             await segments.mark_routed(session, [e.change_id for e in entries], utcnow())
             for follow_up in follow_ups:
-                await queries.mark_routed(session, follow_up.id)
-            await queries.mark_routed(session, event.id)
+                await event_log.mark_routed(session, follow_up.id)
+            await event_log.mark_routed(session, event.id)
         return EventResult(id=event.id, status="accepted", journeys=journeys)
 
     async def route(
@@ -160,13 +163,13 @@ class Ingestor:
                     touched.append(wid)
             elif event.type in flow.exit_goals:
                 async with self.sessions() as session:
-                    open_ = await queries.open_journeys(session, contact_id, [flow.flow])
+                    open_ = await records.open_journeys(session, contact_id, [flow.flow])
                 for journey in open_:
                     if await self._signal(journey.workflow_id, journey.run_id, signal):
                         touched.append(journey.workflow_id)
                     else:
                         async with self.sessions.begin() as session:
-                            await queries.close_journey(session, journey.id)
+                            await records.close_journey(session, journey.id)
         return touched
 
     async def route_segment_entries(
@@ -222,9 +225,9 @@ class Ingestor:
         `record_journey` values of the one started: none when the flow's re-entry rule refuses
         a new journey (a running one with the same id is still fed the event)."""
         async with self.sessions() as session:
-            timezone = await queries.contact_timezone(session, contact_id)
+            timezone = await directory.contact_timezone(session, contact_id)
             previous = (
-                await queries.previous_journeys(session, flow.flow, contact_id)
+                await records.previous_journeys(session, flow.flow, contact_id)
                 if flow.reentry.rule != "always"
                 else []
             )
@@ -263,7 +266,7 @@ class Ingestor:
     @staticmethod
     async def _record(session: AsyncSession, started: Sequence[dict[str, Any]]) -> None:
         for values in started:
-            await queries.record_journey(session, **values)
+            await records.record_journey(session, **values)
 
     async def _signal(self, wid: str, run_id: str | None, signal: JourneyEvent) -> bool:
         """Signal a journey; False if it is no longer running."""

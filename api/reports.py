@@ -15,12 +15,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from activities.email import EmailActivities
-from nudge import abtest, metrics
-from nudge.journeys import SendEmailInput
-from nudge.mail import SmtpSender
-from nudge.models import Cart, Contact, Segment, utcnow
-from nudge.render import Renderer, TemplateProblem
+from nudge.analytics import abtest, metrics
+from nudge.journeys.contracts import SendEmailInput
+from nudge.mail.render import Renderer, TemplateProblem
+from nudge.mail.smtp import SmtpSender
 from nudge.settings import Settings
+from nudge.storage.models import Cart, Contact, Segment, utcnow
 
 
 class Metrics(BaseModel):

@@ -39,10 +39,10 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from bench.harness import cart_event, free_port
-from nudge.db import create_engine, migrate_async, session_maker
-from nudge.mailcatcher import MailCatcher
-from nudge.models import Message, MessageStatus
-from nudge.temporal_dev import extra_args, temporal_binary
+from nudge.dev.mailcatcher import MailCatcher
+from nudge.dev.temporal_dev import extra_args, temporal_binary
+from nudge.storage.db import create_engine, migrate_async, session_maker
+from nudge.storage.models import Message, MessageStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 JOURNEY_HOURS = 50  # cart_1 at 2 h, cart_2 at 26 h, cart_3 at 50 h
@@ -285,7 +285,7 @@ class Driver:
 
     async def execute(self) -> ChaosReport:
         config, started = self.config, time.monotonic()
-        db_url = f"sqlite+aiosqlite:///{self.workdir / 'nudge.db'}"
+        db_url = f"sqlite+aiosqlite:///{self.workdir / 'nudge.storage.db'}"
         await migrate_async(db_url)
         temporal_db = self.workdir / "temporal.db"
         env = await WorkflowEnvironment.start_local(

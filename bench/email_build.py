@@ -27,8 +27,8 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, Template
 
-from nudge.mail import OutgoingMessage, build_message
-from nudge.render import TEMPLATES, RenderedEmail, Renderer
+from nudge.mail.render import TEMPLATES, RenderedEmail, Renderer
+from nudge.mail.smtp import OutgoingMessage, build_message
 
 TEMPLATES_MEASURED = ("cart_1", "cart_3")
 TARGET = 0.5

@@ -37,8 +37,8 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from nudge.db import migrate_async
-from nudge.temporal_dev import extra_args, temporal_binary
+from nudge.dev.temporal_dev import extra_args, temporal_binary
+from nudge.storage.db import migrate_async
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -401,7 +401,7 @@ class BenchError(Exception):
 
 @dataclass
 class MailSink:
-    """`python -m nudge.mailcatcher` in its own process; counted through its JSON API."""
+    """`python -m nudge.dev.mailcatcher` in its own process; counted through its JSON API."""
 
     child: Child
     smtp_port: int
@@ -558,7 +558,7 @@ class Bench:
     async def database(self) -> str:
         """A fresh Nudge database (SQLite, migrated), the same for every process of the run."""
         if self._database_url is None:
-            url = f"sqlite+aiosqlite:///{self.dir / 'nudge.db'}"
+            url = f"sqlite+aiosqlite:///{self.dir / 'nudge.storage.db'}"
             await migrate_async(url)
             self._database_url = url
         return self._database_url
@@ -600,7 +600,7 @@ class Bench:
 
     async def mail_sink(self) -> MailSink:
         smtp_port, http_port = free_port(), free_port()
-        argv = [PYTHON, "-m", "nudge.mailcatcher", "--smtp-port", str(smtp_port)]
+        argv = [PYTHON, "-m", "nudge.dev.mailcatcher", "--smtp-port", str(smtp_port)]
         child = self.spawn("mailcatcher", [*argv, "--http-port", str(http_port)])
         sink = MailSink(child, smtp_port, http_port)
         await child.wait_for_http(sink.url)

@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 
 from bench import harness
-from nudge.journeys import JourneyEvent, JourneyInput
+from nudge.journeys.contracts import JourneyEvent, JourneyInput
 from workflows.journey import start_search_attributes
 
 NUDGE_QUEUE = "bench-ingest-nudge"

@@ -52,7 +52,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.worker import Worker
 
     import bench.harness as harness
-    from nudge.journeys import JourneyEvent, JourneyInput, SendEmailInput, SendEmailResult
+    from nudge.journeys.contracts import JourneyEvent, JourneyInput, SendEmailInput, SendEmailResult
 
 BARE_TYPE = "bench_bare_journey"
 NUDGE_FLOW = "cart_abandonment"
@@ -412,9 +412,9 @@ async def run_nudge(bench: harness.Bench, config: Config) -> Phase:
 
     else:
         from api.ingest import Ingestor
-        from nudge import events as ev
-        from nudge.db import create_engine, session_maker
+        from nudge.events import schemas as ev
         from nudge.settings import Settings
+        from nudge.storage.db import create_engine, session_maker
 
         phase = Phase("nudge", "Ingestor in the bench process (no HTTP)", n)
         settings = Settings(
@@ -467,8 +467,8 @@ async def run_nudge(bench: harness.Bench, config: Config) -> Phase:
 
 
 async def _sent_messages(database: str) -> int:
-    from nudge.db import create_engine
-    from nudge.models import Message, MessageStatus
+    from nudge.storage.db import create_engine
+    from nudge.storage.models import Message, MessageStatus
 
     engine = create_engine(database)
     try:

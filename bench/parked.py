@@ -48,10 +48,10 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.worker import Worker
     from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-    from nudge.db import migrate
-    from nudge.journeys import JourneyEvent, JourneyInput, workflow_id
+    from nudge.dev.temporal_dev import extra_args, temporal_binary
+    from nudge.journeys.contracts import JourneyEvent, JourneyInput, workflow_id
     from nudge.settings import ROOT
-    from nudge.temporal_dev import extra_args, temporal_binary
+    from nudge.storage.db import migrate
     from worker import MAX_CACHED_WORKFLOWS
     from workflows.journey import start_search_attributes
 

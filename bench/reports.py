@@ -27,9 +27,9 @@ import asyncpg
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from nudge import abtest, metrics
-from nudge.db import create_engine, migrate_async, session_maker
+from nudge.analytics import abtest, metrics
 from nudge.settings import Settings
+from nudge.storage.db import create_engine, migrate_async, session_maker
 
 DEFAULT_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 NOW = datetime(2026, 11, 24, 12, tzinfo=UTC)

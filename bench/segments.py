@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bench import harness
 from nudge import segments as sg
-from nudge.db import create_engine, migrate_async, session_maker
+from nudge.storage.db import create_engine, migrate_async, session_maker
 
 DEFAULT_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 NOW = datetime(2026, 11, 24, 12, tzinfo=UTC)

@@ -13,6 +13,28 @@ from zoneinfo import ZoneInfo
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
+def parse_clock(value: str) -> time:
+    """ "HH:MM" as a time of day; ValueError naming the value otherwise."""
+    try:
+        hour, minute = value.strip().split(":")
+        return time(int(hour), int(minute))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a time of day HH:MM (e.g. 08:00)") from None
+
+
+def parse_quiet_hours(value: str | None) -> tuple[time, time] | None:
+    """ "21:00-08:00" as (start, end); None for "" (no quiet hours). The window may wrap."""
+    if not value or not value.strip():
+        return None
+    parts = value.split("-")
+    if len(parts) != 2:
+        raise ValueError(f"{value!r} is not a window HH:MM-HH:MM (e.g. 21:00-08:00)")
+    start, end = parse_clock(parts[0]), parse_clock(parts[1])
+    if start == end:
+        raise ValueError(f"{value!r} starts and ends at the same time")
+    return start, end
+
+
 def zone(key: str | None) -> ZoneInfo:
     return ZoneInfo(key or "UTC")
 

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from nudge.journeys import parse_quiet_hours
+from nudge.localtime import parse_quiet_hours
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = ROOT / "data"
@@ -20,7 +20,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NUDGE_", env_file=".env", extra="ignore")
 
     database_url: str = Field(
-        default=f"sqlite+aiosqlite:///{DATA_DIR / 'nudge.db'}",
+        default=f"sqlite+aiosqlite:///{DATA_DIR / 'nudge.storage.db'}",
         description="Async SQLAlchemy URL: sqlite+aiosqlite:///... or postgresql+asyncpg://...",
     )
     temporal_address: str = "localhost:7233"

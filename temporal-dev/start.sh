@@ -24,4 +24,4 @@ fi
 
 # Repo root on the path so nudge/ is importable even when the package is not installed.
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-exec "$python" -m nudge.temporal_dev "$@"
+exec "$python" -m nudge.dev.temporal_dev "$@"

@@ -28,12 +28,12 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.email import EmailActivities
 from api.app import create_app
-from nudge.db import create_engine, migrate_async, session_maker
-from nudge.mail import SmtpSender
-from nudge.mailcatcher import MailCatcher
-from nudge.models import Journey, utcnow
+from nudge.dev.mailcatcher import MailCatcher
+from nudge.dev.temporal_dev import SEARCH_ATTRIBUTES, temporal_binary
+from nudge.mail.smtp import SmtpSender
 from nudge.settings import Settings
-from nudge.temporal_dev import SEARCH_ATTRIBUTES, temporal_binary
+from nudge.storage.db import create_engine, migrate_async, session_maker
+from nudge.storage.models import Journey, utcnow
 from support import Stack
 from worker import build_worker
 from workflows import FLOWS
@@ -86,7 +86,7 @@ def mailcatcher() -> Iterator[MailCatcher]:
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'nudge.db'}"
+    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'nudge.storage.db'}"
     await migrate_async(url)
     return url
 

@@ -22,12 +22,14 @@ from temporalio.worker import Replayer
 
 from activities.segments import SegmentActivities
 from api.ingest import Ingestor
-from nudge import queries, segments, tracking
-from nudge.journeys import JourneyState, SegmentRefreshInput, SegmentRefreshResult
-from nudge.mailcatcher import CaughtMessage, MailCatcher
-from nudge.models import Journey as JourneyRow
-from nudge.models import Message, utcnow
+from nudge import segments
+from nudge.contacts import directory
+from nudge.dev.mailcatcher import CaughtMessage, MailCatcher
+from nudge.journeys.contracts import JourneyState, SegmentRefreshInput, SegmentRefreshResult
+from nudge.mail import tracking
 from nudge.settings import Settings
+from nudge.storage.models import Journey as JourneyRow
+from nudge.storage.models import Message, utcnow
 from workflows import FLOWS
 from workflows.journey import Journey
 
@@ -211,7 +213,7 @@ class Stack:
 
 async def contact_id(stack: Stack, email: str) -> int:
     async with stack.sessions() as session:
-        contact = await queries.contact_by_email(session, email)
+        contact = await directory.contact_by_email(session, email)
     assert contact is not None, f"no contact {email}"
     return contact.id
 

@@ -25,10 +25,10 @@ from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
 from conftest import make_settings
-from nudge.journeys import JourneyInput, JourneyState, JourneyStatus
-from nudge.mailcatcher import CaughtMessage, MailCatcher
+from nudge.dev.mailcatcher import CaughtMessage, MailCatcher
+from nudge.dev.temporal_dev import extra_args, temporal_binary
+from nudge.journeys.contracts import JourneyInput, JourneyState, JourneyStatus
 from nudge.settings import Settings
-from nudge.temporal_dev import extra_args, temporal_binary
 from support import cart_event, new_email, new_id, order_event
 from workflows import FLOWS
 from workflows.journey import CONTACT, FLOW, STATUS, start_search_attributes

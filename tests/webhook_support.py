@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
-from nudge.webhooks import sns_string_to_sign
+from nudge.mail.feedback import sns_string_to_sign
 
 
 def self_signed() -> tuple[rsa.RSAPrivateKey, bytes]:

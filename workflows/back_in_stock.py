@@ -17,8 +17,8 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from nudge.events import StoreEventIn, product_of
-    from nudge.journeys import JourneyInput, JourneyState, JourneyStatus
+    from nudge.events.schemas import StoreEventIn, product_of
+    from nudge.journeys.contracts import JourneyInput, JourneyState, JourneyStatus
 
 from workflows.journey import Journey, Reentry
 

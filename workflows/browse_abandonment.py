@@ -18,8 +18,8 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from nudge.events import ProductViewed, StoreEventIn
-    from nudge.journeys import JourneyInput, JourneyState, JourneyStatus
+    from nudge.events.schemas import ProductViewed, StoreEventIn
+    from nudge.journeys.contracts import JourneyInput, JourneyState, JourneyStatus
 
 from workflows.journey import Journey, Reentry
 

@@ -29,8 +29,8 @@ from temporalio.exceptions import ActivityError
 with workflow.unsafe.imports_passed_through():
     from activities.email import EmailActivities
     from nudge import localtime
-    from nudge.events import StoreEventIn
-    from nudge.journeys import (
+    from nudge.events.schemas import StoreEventIn
+    from nudge.journeys.contracts import (
         ContactProfile,
         ContactProfileInput,
         ContactUpdateInput,
@@ -42,8 +42,6 @@ with workflow.unsafe.imports_passed_through():
         SentEmail,
         WebhookInput,
         WebhookResult,
-        parse_clock,
-        parse_quiet_hours,
     )
 
 FLOW = SearchAttributeKey.for_keyword("NudgeFlow")
@@ -237,7 +235,7 @@ class Journey:
         `wait_until("10:00", days=1)` is the next day at 10:00, `wait_until("09:00",
         weekday="tuesday")` the next Tuesday at 09:00, `wait_until("10:00")` the next 10:00."""
         target = localtime.next_at(
-            self.now(), self.input.timezone, parse_clock(at), days=days, weekday=weekday
+            self.now(), self.input.timezone, localtime.parse_clock(at), days=days, weekday=weekday
         )
         label = f"wait until {weekday + ' ' if weekday else ''}{at} ({self.input.timezone})"
         await self._sleep(max(target - self.now(), timedelta(0)), label)
@@ -291,7 +289,9 @@ class Journey:
     def quiet_hold(self) -> timedelta:
         """How long a marketing send due now must be held for quiet hours (zero outside them)."""
         spec = self.input.quiet_hours if self.quiet_hours == STORE else self.quiet_hours
-        return localtime.quiet_hold(self.now(), self.input.timezone, parse_quiet_hours(spec))
+        return localtime.quiet_hold(
+            self.now(), self.input.timezone, localtime.parse_quiet_hours(spec)
+        )
 
     def pick(self, step: str, weights: Mapping[str, float]) -> str:
         """A random split that is stable per contact: the same contact always gets the same

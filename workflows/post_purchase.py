@@ -21,8 +21,8 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from nudge.events import OrderPlaced, OrderRefunded, OrderShipped, StoreEventIn
-    from nudge.journeys import JourneyEvent, JourneyInput, JourneyState, JourneyStatus
+    from nudge.events.schemas import OrderPlaced, OrderRefunded, OrderShipped, StoreEventIn
+    from nudge.journeys.contracts import JourneyEvent, JourneyInput, JourneyState, JourneyStatus
 
 from workflows.journey import Journey, Reentry
 

@@ -13,7 +13,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from nudge.journeys import SegmentRefreshInput, SegmentRefreshResult
+    from nudge.journeys.contracts import SegmentRefreshInput, SegmentRefreshResult
 
 SCHEDULE_ID = "nudge-segment-refresh"
 REFRESH_EVERY = timedelta(hours=1)

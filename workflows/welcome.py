@@ -19,8 +19,8 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from nudge.events import StoreEventIn
-    from nudge.journeys import JourneyInput, JourneyState, JourneyStatus
+    from nudge.events.schemas import StoreEventIn
+    from nudge.journeys.contracts import JourneyInput, JourneyState, JourneyStatus
 
 from workflows.journey import Journey, Reentry
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from nudge.journeys import JourneyInput, JourneyState, JourneyStatus
+    from nudge.journeys.contracts import JourneyInput, JourneyState, JourneyStatus
 
 from workflows.journey import Journey, Reentry
 

@@ -11,8 +11,9 @@ from temporalio.service import RPCError
 
 from api.deps import SessionDep, TemporalClientDep
 from api.errors import NotFound
-from nudge import queries
-from nudge.journeys import JourneyStatus
+from nudge.contacts import directory
+from nudge.journeys import records
+from nudge.journeys.contracts import JourneyStatus
 from workflows.journey import STATUS, STEP
 
 router = APIRouter(tags=["contacts"])
@@ -37,11 +38,11 @@ class JourneysOut(BaseModel):
 async def contact_journeys(
     email: str, session: SessionDep, client: TemporalClientDep
 ) -> JourneysOut:
-    contact = await queries.contact_by_email(session, email)
+    contact = await directory.contact_by_email(session, email)
     if contact is None:
         raise NotFound(f"no contact with email {email!r}")
     out = []
-    for journey in await queries.journeys_of(session, contact.id):
+    for journey in await records.journeys_of(session, contact.id):
         status, step, closed_at = "unknown", None, journey.closed_at
         try:
             desc = await client.get_workflow_handle(

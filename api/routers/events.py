@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from api.deps import FlowsDep, SessionsDep, SettingsDep, TemporalClientDep
 from api.errors import Invalid, invalid_from
 from api.ingest import Ingestor, IngestResult
-from nudge import events as ev
+from nudge.events import schemas as ev
 
 router = APIRouter(tags=["events"])
 

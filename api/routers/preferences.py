@@ -22,10 +22,11 @@ from api.deps import FlowsDep, SessionsDep, SettingsDep, TemporalClientDep
 from api.errors import BadToken
 from api.ingest import Ingestor
 from api.routers import unsubscribe
-from nudge import consent, suppression, tokens
-from nudge import events as ev
-from nudge.models import Consent, Contact, utcnow
+from nudge.contacts import consent, suppression
+from nudge.events import schemas as ev
+from nudge.mail import tokens
 from nudge.settings import Settings
+from nudge.storage.models import Consent, Contact, utcnow
 
 router = APIRouter(tags=["unsubscribe"])
 

@@ -16,8 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import FlowsDep, SessionsDep, SettingsDep, TemporalClientDep
 from api.ingest import Ingestor
-from nudge import catalog, queries
-from nudge import events as ev
+from nudge.commerce import catalog
+from nudge.events import schemas as ev
+from nudge.intake import event_log
+from nudge.journeys import records
 
 router = APIRouter(tags=["products"])
 
@@ -75,9 +77,9 @@ async def post_products(
         # commit leaves them for the retry (starts and signals are idempotent).
         async with sessions.begin() as session:
             for values in started:
-                await queries.record_journey(session, **values)
+                await records.record_journey(session, **values)
             for _, event in batch:
-                await queries.mark_routed(session, event.id)
+                await event_log.mark_routed(session, event.id)
     return CatalogResult(
         products=len(product_ids),
         back_in_stock=counts["back_in_stock"],

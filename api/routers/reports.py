@@ -17,9 +17,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api import reports
 from api.deps import FlowsDep, SessionDep, SessionsDep, SettingsDep
 from api.errors import Invalid, NotFound, Unauthorized
-from nudge import metrics, queries
-from nudge.models import Contact, Segment
+from nudge.analytics import metrics
+from nudge.contacts import directory
 from nudge.settings import Settings
+from nudge.storage.models import Contact, Segment
 
 COOKIE = "nudge_key"
 
@@ -150,7 +151,7 @@ async def preview(
     found = (
         await session.get(Contact, int(contact))
         if contact.isdigit()
-        else await queries.contact_by_email(session, contact)
+        else await directory.contact_by_email(session, contact)
     )
     if found is None:
         raise NotFound(f"no contact {contact!r}")

@@ -16,9 +16,9 @@ from sqlalchemy.exc import IntegrityError
 
 from api.deps import SessionDep, SessionsDep
 from api.errors import Conflict, Invalid, NotFound
-from nudge import queries
 from nudge import segments as sg
-from nudge.models import utcnow
+from nudge.contacts import directory
+from nudge.storage.models import utcnow
 
 router = APIRouter(tags=["segments"])
 
@@ -227,7 +227,7 @@ async def segment_members(
     "/contacts/{email}/segments", summary="A contact's segments", tags=["contacts", "segments"]
 )
 async def contact_segments(email: str, session: SessionDep) -> ContactSegmentsOut:
-    contact = await queries.contact_by_email(session, email)
+    contact = await directory.contact_by_email(session, email)
     if contact is None:
         raise NotFound(f"no contact with email {email!r}")
     return ContactSegmentsOut(

@@ -11,8 +11,8 @@ from pydantic import BaseModel, EmailStr, Field
 
 from api.deps import SessionsDep
 from api.errors import NotFound
-from nudge import queries, suppression
-from nudge.models import Suppression
+from nudge.contacts import directory, suppression
+from nudge.storage.models import Suppression
 
 router = APIRouter(tags=["suppressions"])
 
@@ -70,7 +70,7 @@ async def list_suppressions(
 @router.post("/suppressions", status_code=201, summary="Suppress a known contact's address")
 async def add_suppression(body: SuppressionIn, sessions: SessionsDep) -> SuppressionOut:
     async with sessions.begin() as session:
-        contact = await queries.contact_by_email(session, body.email.lower())
+        contact = await directory.contact_by_email(session, body.email.lower())
         if contact is None:
             raise NotFound(f"no contact with email {body.email!r}")
         await suppression.add(session, contact, body.reason, source="api", details=body.details)
@@ -84,7 +84,7 @@ async def remove_suppression(
     email: str, sessions: SessionsDep, reason: Reason | None = None
 ) -> dict[str, int]:
     async with sessions.begin() as session:
-        contact = await queries.contact_by_email(session, email.lower())
+        contact = await directory.contact_by_email(session, email.lower())
         if contact is None:
             raise NotFound(f"no contact with email {email!r}")
         removed = await suppression.remove(session, contact.id, reason)
@@ -94,7 +94,7 @@ async def remove_suppression(
 @router.get("/contacts/{email}/suppressions", summary="A contact's suppressions")
 async def contact_suppressions(email: str, sessions: SessionsDep) -> SuppressionsOut:
     async with sessions() as session:
-        contact = await queries.contact_by_email(session, email.lower())
+        contact = await directory.contact_by_email(session, email.lower())
         if contact is None:
             raise NotFound(f"no contact with email {email!r}")
         rows = await suppression.of_contact(session, contact.id)

@@ -13,7 +13,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from api.deps import SessionsDep, SettingsDep
 from api.errors import BadToken
-from nudge import tokens, tracking
+from nudge.mail import tokens, tracking
 
 router = APIRouter(tags=["tracking"])
 

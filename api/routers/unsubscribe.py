@@ -16,10 +16,10 @@ from fastapi.responses import HTMLResponse
 from api.deps import FlowsDep, SessionsDep, SettingsDep, TemporalClientDep
 from api.errors import BadToken
 from api.ingest import Ingestor
-from nudge import events as ev
-from nudge import tokens, tracking
-from nudge.models import Contact, utcnow
+from nudge.events import schemas as ev
+from nudge.mail import tokens, tracking
 from nudge.settings import Settings
+from nudge.storage.models import Contact, utcnow
 
 router = APIRouter(tags=["unsubscribe"])
 

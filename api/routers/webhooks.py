@@ -16,10 +16,11 @@ from fastapi import APIRouter, Request
 from api.deps import FlowsDep, SessionsDep, SettingsDep, TemporalClientDep
 from api.errors import Invalid, Refused
 from api.ingest import Ingestor
-from nudge import events as ev
-from nudge import suppression, webhooks
-from nudge.models import Contact, utcnow
-from nudge.suppression import Feedback
+from nudge.contacts import suppression
+from nudge.contacts.suppression import Feedback
+from nudge.events import schemas as ev
+from nudge.mail import feedback as webhooks
+from nudge.storage.models import Contact, utcnow
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 

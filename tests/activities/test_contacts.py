@@ -14,18 +14,19 @@ from temporalio.testing import ActivityEnvironment
 from activities.contacts import ContactActivities
 from activities.email import EmailActivities
 from conftest import make_settings
-from nudge import events as ev
-from nudge import queries, suppression
 from nudge import segments as sg
-from nudge.journeys import (
+from nudge.contacts import directory, suppression
+from nudge.dev.mailcatcher import MailCatcher
+from nudge.events import schemas as ev
+from nudge.intake import projection
+from nudge.journeys.contracts import (
     ContactProfile,
     ContactProfileInput,
     ContactUpdateInput,
     SendEmailInput,
 )
-from nudge.mail import SmtpSender
-from nudge.mailcatcher import MailCatcher
-from nudge.models import Contact, MessageEvent
+from nudge.mail.smtp import SmtpSender
+from nudge.storage.models import Contact, MessageEvent
 from support import new_email, new_id, order_event
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -39,7 +40,7 @@ def contacts(sessions: Sessions, db_url: str, mailcatcher: MailCatcher) -> Conta
 
 async def new_contact(sessions: Sessions, **fields: object) -> int:
     async with sessions.begin() as session:
-        return await queries.upsert_contact(
+        return await directory.upsert_contact(
             session, ev.ContactIn.model_validate({"email": new_email(), **fields})
         )
 
@@ -53,7 +54,7 @@ async def place_order(sessions: Sessions, contact_id: int, *, refunded: bool = F
             [{**order_event(contact.email, order_id), "type": "order_refunded"}] if refunded else []
         ):
             event = ev.event_adapter.validate_python(body)
-            await queries.apply_event(session, event, contact_id)
+            await projection.apply_event(session, event, contact_id)
 
 
 async def engage(

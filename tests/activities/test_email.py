@@ -22,16 +22,17 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.email import EmailActivities, Superseded
 from conftest import make_settings
-from nudge import events as ev
-from nudge import queries
-from nudge.db import create_engine, session_maker
-from nudge.journeys import SendEmailInput, message_id
-from nudge.mail import Commit, OutgoingMessage, SmtpSender, build_message
-from nudge.mailcatcher import MailCatcher
-from nudge.models import Contact, Coupon, Message, Segment, SegmentMember, utcnow
-from nudge.render import TEMPLATES, RenderedEmail, Renderer
+from nudge.contacts import directory
+from nudge.dev.mailcatcher import MailCatcher
+from nudge.events import schemas as ev
+from nudge.intake import projection
+from nudge.journeys.contracts import SendEmailInput, message_id
+from nudge.mail.render import TEMPLATES, RenderedEmail, Renderer
+from nudge.mail.smtp import Commit, OutgoingMessage, SmtpSender, build_message
 from nudge.segments import ensure_builtin_segments
 from nudge.settings import Settings
+from nudge.storage.db import create_engine, session_maker
+from nudge.storage.models import Contact, Coupon, Message, Segment, SegmentMember, utcnow
 from support import cart_event, new_email, new_id, untracked
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -57,8 +58,8 @@ def activities(sessions: Sessions, settings: Settings, **kw: object) -> EmailAct
 async def seed_cart(sessions: Sessions, email: str, token: str) -> int:
     event = ev.event_adapter.validate_python(cart_event(email, token))
     async with sessions.begin() as session:
-        contact_id = await queries.upsert_contact(session, event.contact)
-        await queries.apply_event(session, event, contact_id)
+        contact_id = await directory.upsert_contact(session, event.contact)
+        await projection.apply_event(session, event, contact_id)
     return contact_id
 
 
@@ -243,7 +244,7 @@ async def test_unsubscribed_contact_is_skipped_with_the_reason(
         }
     )
     async with sessions.begin() as session:
-        await queries.apply_event(session, unsubscribe, contact_id)
+        await projection.apply_event(session, unsubscribe, contact_id)
 
     result = await ActivityEnvironment().run(
         activities(sessions, settings).send_email, job(contact_id, token)
@@ -425,9 +426,9 @@ async def test_emails_speak_the_contacts_locale_and_show_their_loyalty(
         }
     )
     async with sessions.begin() as session:
-        contact_id = await queries.upsert_contact(session, cart.contact)
-        await queries.apply_event(session, order, contact_id, settings=settings)
-        await queries.apply_event(session, cart, contact_id, settings=settings)
+        contact_id = await directory.upsert_contact(session, cart.contact)
+        await projection.apply_event(session, order, contact_id, settings=settings)
+        await projection.apply_event(session, cart, contact_id, settings=settings)
 
     for step in ("cart_1", "cart_3"):
         result = await ActivityEnvironment().run(
@@ -472,7 +473,7 @@ async def test_the_context_holds_segments_loyalty_last_order_and_recommendations
         }
     )
     async with sessions.begin() as session:
-        await queries.apply_event(session, order, contact_id, settings=settings)
+        await projection.apply_event(session, order, contact_id, settings=settings)
     await make_vip(sessions, contact_id)
 
     class Everything(Renderer):

@@ -13,13 +13,14 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.email import EmailActivities
 from conftest import make_settings
-from nudge import events as ev
-from nudge import queries, suppression
-from nudge.journeys import SendEmailInput, SendEmailResult
-from nudge.mail import SmtpSender
-from nudge.mailcatcher import MailCatcher
-from nudge.models import Consent, Contact
+from nudge.contacts import directory, suppression
+from nudge.dev.mailcatcher import MailCatcher
+from nudge.events import schemas as ev
+from nudge.intake import projection
+from nudge.journeys.contracts import SendEmailInput, SendEmailResult
+from nudge.mail.smtp import SmtpSender
 from nudge.settings import Settings
+from nudge.storage.models import Consent, Contact
 from support import cart_event, new_email, new_id
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -34,8 +35,8 @@ async def seed(sessions: Sessions, token: str) -> tuple[int, str]:
     email = new_email()
     event = ev.event_adapter.validate_python(cart_event(email, token))
     async with sessions.begin() as session:
-        contact_id = await queries.upsert_contact(session, event.contact)
-        await queries.apply_event(session, event, contact_id)
+        contact_id = await directory.upsert_contact(session, event.contact)
+        await projection.apply_event(session, event, contact_id)
     return contact_id, email
 
 

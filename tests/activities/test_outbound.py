@@ -22,9 +22,9 @@ from activities.outbound import WebhookActivities, delivery_id
 from conftest import open_stack
 from http_support import Answer, Receiver, receiver
 from nudge import signing
-from nudge.events import StoreEventIn, cart_of
-from nudge.journeys import JourneyInput, JourneyState, JourneyStatus, WebhookInput
-from nudge.mailcatcher import MailCatcher
+from nudge.dev.mailcatcher import MailCatcher
+from nudge.events.schemas import StoreEventIn, cart_of
+from nudge.journeys.contracts import JourneyInput, JourneyState, JourneyStatus, WebhookInput
 from nudge.settings import Settings
 from support import Stack, cart_event, new_email, new_id
 from workflows.journey import Journey

@@ -8,8 +8,8 @@ import uuid
 import pytest
 from sqlalchemy import select
 
-from nudge.hygiene import ROLE_LOCAL_PARTS
-from nudge.models import Contact
+from nudge.contacts.hygiene import ROLE_LOCAL_PARTS
+from nudge.storage.models import Contact
 from support import Stack, cart_event, new_id
 
 

@@ -23,12 +23,13 @@ from temporalio.client import Client
 
 from api.app import create_app
 from conftest import make_settings
-from nudge import events as ev
-from nudge import queries
-from nudge.db import create_engine, migrate_async, session_maker
-from nudge.mailcatcher import MailCatcher
-from nudge.models import AbDecision, Contact, Coupon, Message, MessageEvent, Order
+from nudge.contacts import directory
+from nudge.dev.mailcatcher import MailCatcher
+from nudge.events import schemas as ev
+from nudge.intake import projection
 from nudge.settings import Settings
+from nudge.storage.db import create_engine, migrate_async, session_maker
+from nudge.storage.models import AbDecision, Contact, Coupon, Message, MessageEvent, Order
 from support import cart_event
 
 CHROMIUM = "/usr/bin/chromium"
@@ -65,8 +66,8 @@ async def seed(settings: Settings) -> None:
     ]
     async with sessions.begin() as session:
         event = ev.event_adapter.validate_python(cart_event(PREVIEW_EMAIL, "cart_preview"))
-        contact_id = await queries.upsert_contact(session, event.contact)
-        await queries.apply_event(session, event, contact_id)
+        contact_id = await directory.upsert_contact(session, event.contact)
+        await projection.apply_event(session, event, contact_id)
         n = 0
         messages, events, orders = [], [], []
         for step, variant, template, sent, opened, clicked, order in plan:

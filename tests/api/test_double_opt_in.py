@@ -17,10 +17,10 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from conftest import open_stack
-from nudge import events as ev
-from nudge.journeys import JourneyInput, JourneyState
-from nudge.mailcatcher import MailCatcher
-from nudge.models import ConsentRecord, Contact
+from nudge.dev.mailcatcher import MailCatcher
+from nudge.events import schemas as ev
+from nudge.journeys.contracts import JourneyInput, JourneyState
+from nudge.storage.models import ConsentRecord, Contact
 from support import Stack, cart_event, forged, new_email, new_id
 from workflows.journey import Journey
 

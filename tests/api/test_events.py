@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
-from nudge.journeys import JourneyStatus, workflow_id
-from nudge.models import Cart, Contact, Journey, Order, StoreEvent
+from nudge.journeys.contracts import JourneyStatus, workflow_id
+from nudge.storage.models import Cart, Contact, Journey, Order, StoreEvent
 from support import Stack, cart_event, new_email, new_id, order_event
 
 AUTH = {"Authorization": "Bearer test-key"}

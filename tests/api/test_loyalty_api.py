@@ -13,9 +13,9 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from conftest import open_stack
-from nudge import events as ev
-from nudge.journeys import JourneyInput, JourneyState, JourneyStatus
-from nudge.mailcatcher import MailCatcher
+from nudge.dev.mailcatcher import MailCatcher
+from nudge.events import schemas as ev
+from nudge.journeys.contracts import JourneyInput, JourneyState, JourneyStatus
 from support import Stack, new_email, new_id, order_event
 from workflows.journey import Journey
 

@@ -9,8 +9,8 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from nudge.journeys import JourneyStatus
-from nudge.models import ConsentRecord, Contact
+from nudge.journeys.contracts import JourneyStatus
+from nudge.storage.models import ConsentRecord, Contact
 from support import Stack, cart_event, forged, new_email, new_id
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}

@@ -16,11 +16,11 @@ from temporalio.testing import WorkflowEnvironment
 
 from catalog_support import ago, post_products, product, product_event
 from conftest import open_stack
-from nudge import catalog
-from nudge import events as ev
-from nudge.journeys import JourneyInput, JourneyState
-from nudge.mailcatcher import MailCatcher
-from nudge.models import Product, StoreEvent
+from nudge.commerce import catalog
+from nudge.dev.mailcatcher import MailCatcher
+from nudge.events import schemas as ev
+from nudge.journeys.contracts import JourneyInput, JourneyState
+from nudge.storage.models import Product, StoreEvent
 from support import Stack, new_email, new_id, order_event
 from workflows.journey import Journey
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from nudge.journeys import JourneyStatus
-from nudge.models import Contact, MessageEvent, Suppression
+from nudge.journeys.contracts import JourneyStatus
+from nudge.storage.models import Contact, MessageEvent, Suppression
 from support import Stack, cart_event, new_email, new_id
 from webhook_support import SendGridKey, SnsServer, ses_bounce, ses_complaint, sns_server
 

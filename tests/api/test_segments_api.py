@@ -15,10 +15,10 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from conftest import open_stack
-from nudge.journeys import JourneyInput, JourneyState, JourneyStatus
-from nudge.mailcatcher import MailCatcher
-from nudge.models import Journey as JourneyRow
-from nudge.models import SegmentChange, utcnow
+from nudge.dev.mailcatcher import MailCatcher
+from nudge.journeys.contracts import JourneyInput, JourneyState, JourneyStatus
+from nudge.storage.models import Journey as JourneyRow
+from nudge.storage.models import SegmentChange, utcnow
 from support import Stack, new_email, new_id, order_event
 from workflows.journey import Journey
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from nudge.journeys import JourneyStatus
+from nudge.journeys.contracts import JourneyStatus
 from support import Stack, cart_event, new_email, new_id
 
 API = {"Authorization": "Bearer test-key"}

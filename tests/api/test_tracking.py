@@ -18,13 +18,21 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from conftest import open_stack
-from nudge import events as ev
-from nudge import tracking
-from nudge.journeys import JourneyInput, JourneyState, JourneyStatus
-from nudge.mailcatcher import CaughtMessage, MailCatcher
-from nudge.models import Contact, ContactTag, Message, MessageEvent, Segment, SegmentMember, utcnow
-from nudge.render import RenderedEmail
+from nudge.dev.mailcatcher import CaughtMessage, MailCatcher
+from nudge.events import schemas as ev
+from nudge.journeys.contracts import JourneyInput, JourneyState, JourneyStatus
+from nudge.mail import tracking
+from nudge.mail.render import RenderedEmail
 from nudge.settings import Settings
+from nudge.storage.models import (
+    Contact,
+    ContactTag,
+    Message,
+    MessageEvent,
+    Segment,
+    SegmentMember,
+    utcnow,
+)
 from support import Stack, cart_event, forged, new_email, new_id, order_event
 from workflows.journey import Journey
 

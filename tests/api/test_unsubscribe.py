@@ -8,9 +8,9 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from nudge.journeys import JourneyStatus
-from nudge.mailcatcher import CaughtMessage
-from nudge.models import Contact
+from nudge.dev.mailcatcher import CaughtMessage
+from nudge.journeys.contracts import JourneyStatus
+from nudge.storage.models import Contact
 from support import Stack, cart_event, forged, new_email, new_id
 
 

@@ -12,10 +12,11 @@ from temporalio.testing import WorkflowEnvironment
 
 from catalog_support import ago, post_products, product, product_event
 from conftest import open_stack
-from nudge import events as ev
-from nudge import queries
-from nudge.journeys import JourneyStatus
-from nudge.mailcatcher import MailCatcher
+from nudge.contacts import directory
+from nudge.dev.mailcatcher import MailCatcher
+from nudge.events import schemas as ev
+from nudge.intake import event_log, projection
+from nudge.journeys.contracts import JourneyStatus
 from support import Stack, new_email, new_id, order_event, quiet_window, record_history, untracked
 from workflows.back_in_stock import BackInStock
 from workflows.journey import choose
@@ -115,9 +116,9 @@ async def test_an_order_that_never_reached_the_journey_stops_the_reminder(stack:
         order_event(email, new_id("order"), occurred_at=now.isoformat())
     )
     async with stack.sessions.begin() as session:
-        contact_id = await queries.upsert_contact(session, order.contact)
-        await queries.record_event(session, order, contact_id, order.model_dump(mode="json"))
-        await queries.apply_event(session, order, contact_id)
+        contact_id = await directory.upsert_contact(session, order.contact)
+        await event_log.record_event(session, order, contact_id, order.model_dump(mode="json"))
+        await projection.apply_event(session, order, contact_id)
     state = await stack.finish(wid)
     assert (state.status, state.exit_reason) == (JourneyStatus.CONVERTED, "converted")
     rows = await stack.messages(wid)

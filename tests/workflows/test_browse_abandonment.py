@@ -13,10 +13,11 @@ from temporalio.testing import WorkflowEnvironment
 
 from catalog_support import ago, post_products, product, product_event
 from conftest import open_stack
-from nudge import events as ev
-from nudge import queries
-from nudge.journeys import JourneyStatus
-from nudge.mailcatcher import MailCatcher
+from nudge.contacts import directory
+from nudge.dev.mailcatcher import MailCatcher
+from nudge.events import schemas as ev
+from nudge.intake import event_log, projection
+from nudge.journeys.contracts import JourneyStatus
 from support import (
     Stack,
     cart_event,
@@ -130,9 +131,9 @@ async def test_a_contact_already_in_the_cart_flow_gets_nothing(stack: Stack) -> 
         cart_event(email, new_id("cart"), occurred_at=now.isoformat())
     )
     async with stack.sessions.begin() as session:
-        contact_id = await queries.upsert_contact(session, cart.contact)
-        await queries.record_event(session, cart, contact_id, cart.model_dump(mode="json"))
-        await queries.apply_event(session, cart, contact_id)
+        contact_id = await directory.upsert_contact(session, cart.contact)
+        await event_log.record_event(session, cart, contact_id, cart.model_dump(mode="json"))
+        await projection.apply_event(session, cart, contact_id)
 
     state = await stack.finish(wid)
     assert (state.status, state.exit_reason) == (JourneyStatus.EXITED, "in_cart_flow")

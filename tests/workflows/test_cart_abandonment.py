@@ -11,9 +11,9 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from conftest import open_stack
-from nudge.journeys import JourneyState, JourneyStatus
-from nudge.mailcatcher import MailCatcher
-from nudge.models import Coupon
+from nudge.dev.mailcatcher import MailCatcher
+from nudge.journeys.contracts import JourneyState, JourneyStatus
+from nudge.storage.models import Coupon
 from support import Stack, cart_event, new_email, new_id, order_event, quiet_window, untracked
 
 
@@ -100,14 +100,15 @@ async def test_order_that_never_reached_the_journey_still_stops_it(stack: Stack)
     wid = await start_cart(stack, email, token)
     order = order_event(email, new_id("order"), cart_token=token)
     # Stored and applied, but never routed to Temporal (as if the API died before signalling).
-    from nudge import events as ev
-    from nudge import queries
+    from nudge.contacts import directory
+    from nudge.events import schemas as ev
+    from nudge.intake import event_log, projection
 
     parsed = ev.event_adapter.validate_python(order)
     async with stack.sessions.begin() as session:
-        contact_id = await queries.upsert_contact(session, parsed.contact)
-        await queries.record_event(session, parsed, contact_id, order)
-        await queries.apply_event(session, parsed, contact_id)
+        contact_id = await directory.upsert_contact(session, parsed.contact)
+        await event_log.record_event(session, parsed, contact_id, order)
+        await projection.apply_event(session, parsed, contact_id)
 
     state = await finish(stack, wid)
     assert state.status == JourneyStatus.CONVERTED

@@ -7,7 +7,7 @@ import sys
 from sqlalchemy import select
 from temporalio.workflow import _Definition
 
-from nudge.models import Journey as JourneyRow
+from nudge.storage.models import Journey as JourneyRow
 from support import Stack, cart_event, new_email, new_id, order_event
 from workflows import FLOWS
 

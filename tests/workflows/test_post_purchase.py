@@ -10,10 +10,11 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from conftest import open_stack
-from nudge import events as ev
-from nudge import queries
-from nudge.journeys import JourneyState, JourneyStatus
-from nudge.mailcatcher import MailCatcher
+from nudge.contacts import directory
+from nudge.dev.mailcatcher import MailCatcher
+from nudge.events import schemas as ev
+from nudge.intake import event_log, projection
+from nudge.journeys.contracts import JourneyState, JourneyStatus
 from support import (
     Stack,
     cart_event,
@@ -90,9 +91,9 @@ async def store_without_routing(stack: Stack, event: dict[str, Any]) -> None:
     """Store and apply an event as the API does, without routing it to any journey."""
     parsed = ev.event_adapter.validate_python(event)
     async with stack.sessions.begin() as session:
-        contact_id = await queries.upsert_contact(session, parsed.contact)
-        await queries.record_event(session, parsed, contact_id, event)
-        await queries.apply_event(session, parsed, contact_id)
+        contact_id = await directory.upsert_contact(session, parsed.contact)
+        await event_log.record_event(session, parsed, contact_id, event)
+        await projection.apply_event(session, parsed, contact_id)
 
 
 async def post(stack: Stack, event: dict[str, Any]) -> list[str]:

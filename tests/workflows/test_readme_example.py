@@ -18,8 +18,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from conftest import open_stack
 from http_support import receiver
-from nudge.journeys import JourneyStatus
-from nudge.mailcatcher import MailCatcher
+from nudge.dev.mailcatcher import MailCatcher
+from nudge.journeys.contracts import JourneyStatus
 from support import cart_event, new_email, new_id, order_event
 
 README = Path(__file__).resolve().parents[2] / "README.md"

@@ -25,11 +25,12 @@ from temporalio.testing import WorkflowEnvironment
 from activities.email import EmailActivities
 from activities.segments import SegmentActivities
 from conftest import _end_running_journeys, make_settings
-from nudge import events as ev
-from nudge import queries
 from nudge import segments as sg
-from nudge.db import create_engine, session_maker
-from nudge.journeys import (
+from nudge.contacts import directory
+from nudge.dev.mailcatcher import MailCatcher
+from nudge.dev.temporal_dev import extra_args, temporal_binary
+from nudge.events import schemas as ev
+from nudge.journeys.contracts import (
     JourneyInput,
     JourneyState,
     JourneyStatus,
@@ -37,11 +38,10 @@ from nudge.journeys import (
     SegmentRefreshInput,
     SegmentRefreshResult,
 )
-from nudge.mail import SmtpSender
-from nudge.mailcatcher import MailCatcher
-from nudge.models import Order, utcnow
+from nudge.mail.smtp import SmtpSender
 from nudge.settings import Settings
-from nudge.temporal_dev import extra_args, temporal_binary
+from nudge.storage.db import create_engine, session_maker
+from nudge.storage.models import Order, utcnow
 from worker import build_worker, ensure_segment_schedule
 from workflows.journey import Journey
 from workflows.segment_refresh import REFRESH_EVERY, SCHEDULE_ID, SegmentRefresh
@@ -80,7 +80,7 @@ async def lapsing_contact(sessions: Sessions, days_since_order: int) -> int:
             await sg.create_segment(
                 session, SEGMENT, "Tagged lapsed", sg.parse(definition), utcnow()
             )
-        contact_id = await queries.upsert_contact(
+        contact_id = await directory.upsert_contact(
             session,
             ev.ContactIn(email=f"lapse.{uuid.uuid4().hex[:10]}@example.com", tags=[TAG]),
         )

@@ -14,11 +14,11 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from conftest import open_stack
-from nudge import suppression
-from nudge.journeys import JourneyStatus
-from nudge.mailcatcher import CaughtMessage, MailCatcher
-from nudge.models import Contact, Message, MessageEvent, MessageStatus, utcnow
+from nudge.contacts import suppression
+from nudge.dev.mailcatcher import CaughtMessage, MailCatcher
+from nudge.journeys.contracts import JourneyStatus
 from nudge.segments import segments_of
+from nudge.storage.models import Contact, Message, MessageEvent, MessageStatus, utcnow
 from support import (
     Stack,
     cart_event,

@@ -16,9 +16,9 @@ from temporalio.testing import WorkflowEnvironment
 # The sandbox re-imports this module for the flows defined here: pass the rest through.
 with workflow.unsafe.imports_passed_through():
     from conftest import open_stack
-    from nudge.events import StoreEventIn, cart_of
-    from nudge.journeys import JourneyInput, JourneyState, JourneyStatus
-    from nudge.mailcatcher import MailCatcher
+    from nudge.dev.mailcatcher import MailCatcher
+    from nudge.events.schemas import StoreEventIn, cart_of
+    from nudge.journeys.contracts import JourneyInput, JourneyState, JourneyStatus
     from support import Stack, cart_event, new_email, new_id, quiet_window
 
 from workflows.journey import Journey, Reentry, choose

@@ -12,11 +12,12 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from conftest import open_stack
-from nudge import events as ev
-from nudge import loyalty, queries
-from nudge.journeys import JourneyStatus
-from nudge.mailcatcher import MailCatcher
-from nudge.models import Coupon
+from nudge.commerce import loyalty
+from nudge.dev.mailcatcher import MailCatcher
+from nudge.events import schemas as ev
+from nudge.intake import event_log, projection
+from nudge.journeys.contracts import JourneyStatus
+from nudge.storage.models import Coupon
 from support import (
     Stack,
     cart_event,
@@ -144,8 +145,8 @@ async def test_a_second_order_that_never_reached_the_journey_still_ends_it(stack
     cid = await contact_id(stack, email)
     second = ev.event_adapter.validate_python(order(email))
     async with stack.sessions.begin() as session:  # stored and applied, never routed
-        await queries.record_event(session, second, cid, {})
-        await queries.apply_event(session, second, cid)
+        await event_log.record_event(session, second, cid, {})
+        await projection.apply_event(session, second, cid)
 
     state = await stack.finish(wid)
 

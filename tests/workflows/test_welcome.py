@@ -13,10 +13,10 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from conftest import open_stack
-from nudge import personalize
-from nudge.journeys import JourneyInput, JourneyState, JourneyStatus
-from nudge.mailcatcher import MailCatcher
-from nudge.models import Coupon
+from nudge.dev.mailcatcher import MailCatcher
+from nudge.journeys.contracts import JourneyInput, JourneyState, JourneyStatus
+from nudge.mail import context as personalize
+from nudge.storage.models import Coupon
 from support import (
     Stack,
     cart_event,
@@ -144,8 +144,9 @@ async def test_order_that_never_reached_the_journey_still_stops_the_discount(
     stack: Stack, time_env: WorkflowEnvironment
 ) -> None:
     """welcome_2 re-checks the database: an order whose signal was lost still converts."""
-    from nudge import events as ev
-    from nudge import queries
+    from nudge.contacts import directory
+    from nudge.events import schemas as ev
+    from nudge.intake import event_log, projection
 
     email = new_email()
     wid = await subscribe(stack, email)
@@ -154,9 +155,9 @@ async def test_order_that_never_reached_the_journey_still_stops_the_discount(
     order = order_event(email, new_id("order"), occurred_at=placed.isoformat())
     parsed = ev.event_adapter.validate_python(order)
     async with stack.sessions.begin() as session:  # stored and applied, never routed
-        contact_id = await queries.upsert_contact(session, parsed.contact)
-        await queries.record_event(session, parsed, contact_id, order)
-        await queries.apply_event(session, parsed, contact_id)
+        contact_id = await directory.upsert_contact(session, parsed.contact)
+        await event_log.record_event(session, parsed, contact_id, order)
+        await projection.apply_event(session, parsed, contact_id)
 
     state = await stack.finish(wid)
     assert (state.status, state.exit_reason) == (JourneyStatus.CONVERTED, "converted")

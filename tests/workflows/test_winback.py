@@ -11,11 +11,11 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from conftest import open_stack
-from nudge import events as ev
-from nudge import queries
-from nudge.journeys import JourneyStatus
-from nudge.mailcatcher import MailCatcher
-from nudge.models import Coupon, utcnow
+from nudge.dev.mailcatcher import MailCatcher
+from nudge.events import schemas as ev
+from nudge.intake import event_log, projection
+from nudge.journeys.contracts import JourneyStatus
+from nudge.storage.models import Coupon, utcnow
 from support import (
     Stack,
     cart_event,
@@ -136,8 +136,8 @@ async def test_an_order_that_never_reached_the_journey_still_stops_it(stack: Sta
         order_event(email, new_id("order"), occurred_at=iso(placed))
     )
     async with stack.sessions.begin() as session:
-        await queries.record_event(session, order, cid, {})
-        await queries.apply_event(session, order, cid)
+        await event_log.record_event(session, order, cid, {})
+        await projection.apply_event(session, order, cid)
 
     state = await stack.finish(wid)
 

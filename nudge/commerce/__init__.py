@@ -1,0 +1,2 @@
+"""Commerce: the product catalogue, carts and orders, unique coupons, loyalty points and tiers,
+and product recommendations."""

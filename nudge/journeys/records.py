@@ -1,0 +1,86 @@
+"""The journeys' rows: which workflow runs exist for a contact and flow, for re-entry rules,
+exit goals and the API's journey listing (Temporal holds their state)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import (
+    func,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from nudge.storage.db import insert_for
+from nudge.storage.models import (
+    Journey,
+    StoreEvent,
+    utcnow,
+)
+
+
+async def record_journey(
+    session: AsyncSession,
+    *,
+    workflow_id: str,
+    run_id: str,
+    flow: str,
+    contact_id: int,
+    event_id: str,
+) -> None:
+    stmt = (
+        insert_for(session, Journey)
+        .values(
+            workflow_id=workflow_id,
+            run_id=run_id,
+            flow=flow,
+            contact_id=contact_id,
+            trigger_event_id=event_id,
+            started_at=utcnow(),
+        )
+        .on_conflict_do_nothing(index_elements=["workflow_id", "run_id"])
+    )
+    await session.execute(stmt)
+
+
+async def open_journeys(
+    session: AsyncSession, contact_id: int, flows: Sequence[str]
+) -> list[Journey]:
+    result = await session.scalars(
+        select(Journey).where(
+            Journey.contact_id == contact_id, Journey.flow.in_(flows), Journey.closed_at.is_(None)
+        )
+    )
+    return list(result)
+
+
+async def previous_journeys(
+    session: AsyncSession, flow: str, contact_id: int
+) -> list[tuple[str, datetime]]:
+    """The contact's journeys of `flow`: (workflow id, when the event that started it occurred),
+    for the flow's re-entry rule. A journey started by a segment entry has no stored event; its
+    start time stands in."""
+    rows = await session.execute(
+        select(Journey.workflow_id, func.coalesce(StoreEvent.occurred_at, Journey.started_at))
+        .outerjoin(StoreEvent, StoreEvent.id == Journey.trigger_event_id)
+        .where(Journey.flow == flow, Journey.contact_id == contact_id)
+    )
+    return [(wid, at) for wid, at in rows.all()]
+
+
+async def close_journey(session: AsyncSession, journey_id: int) -> None:
+    await session.execute(
+        update(Journey).where(Journey.id == journey_id).values(closed_at=utcnow())
+    )
+
+
+async def journeys_of(session: AsyncSession, contact_id: int, limit: int = 50) -> list[Journey]:
+    result = await session.scalars(
+        select(Journey)
+        .where(Journey.contact_id == contact_id)
+        .order_by(Journey.started_at.desc(), Journey.id.desc())
+        .limit(limit)
+    )
+    return list(result)

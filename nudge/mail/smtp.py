@@ -1,0 +1,338 @@
+"""Building MIME messages and handing them to an SMTP server, exactly once.
+
+The delivery protocol closes all but a sliver of the window SMTP leaves open. An SMTP server
+accepts a message at the final `.` of DATA, and discards a message whose connection drops before
+it. So the sender streams the whole message, then lets the caller commit "sent", and only then
+writes the `.`:
+  - a crash before the commit: the server never saw the `.` and dropped the message, and the
+    caller's record does not say "sent": resending it is safe;
+  - a crash after the commit: the `.` is one socket write away, and the record says "sent":
+    it is never sent again.
+What remains is the time of that one write, and a server that fails after receiving the `.`
+without replying (then the message may or may not have been accepted; the record says sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.header import Header
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.policy import SMTP as SMTP_POLICY
+from email.policy import default as default_policy
+from email.utils import formataddr, formatdate, getaddresses
+from functools import lru_cache
+from typing import Any
+
+import aiosmtplib
+import dkim
+from aiosmtplib.email import extract_recipients, extract_sender
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+
+from nudge.mail.render import RenderedEmail
+
+Commit = Callable[[], Awaitable[None]]
+
+
+def _clean(value: str) -> str:
+    # No contact field may smuggle a CR/LF into a header.
+    return " ".join(value.split())
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """A finished message: the exact bytes SMTP DATA carries, and its envelope."""
+
+    sender: str
+    recipients: tuple[str, ...]
+    message_id: str
+    raw: bytes
+
+    def as_bytes(self) -> bytes:
+        return self.raw
+
+    def parsed(self) -> EmailMessage:
+        """The message as the standard library reads it (for tests and tools, not the hot path)."""
+        parsed = BytesParser(policy=default_policy).parsebytes(self.raw)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+    def __getitem__(self, name: str) -> Any:
+        return self.parsed()[name]
+
+
+_LINE = 78
+
+
+def _fold(name: str, value: str) -> bytes:
+    """One header, folded at spaces to lines of at most 78 characters where it can be (RFC 5322
+    allows up to 998; a token longer than a line, like a URL, stays whole)."""
+    if len(name) + len(value) < _LINE - 1:
+        return f"{name}: {value}\r\n".encode("ascii")
+    line, lines = f"{name}:", []
+    for word in value.split(" "):
+        if len(line) + 1 + len(word) > _LINE and line.strip() and not line.endswith(":"):
+            lines.append(line)
+            line = ""
+        line += " " + word
+    lines.append(line)
+    return "\r\n".join(lines).encode("ascii") + b"\r\n"
+
+
+def _header(name: str, value: str) -> bytes:
+    value = _clean(value)
+    if value.isascii():
+        return _fold(name, value)
+    # RFC 2047 encoded words, folded by the standard library's (slower) encoder: rare path.
+    encoded = Header(value, "utf-8", header_name=name).encode(linesep="\r\n", maxlinelen=_LINE)
+    return f"{name}: {encoded}\r\n".encode("ascii")
+
+
+@lru_cache(maxsize=64)
+def _sender(from_email: str) -> tuple[str, str]:
+    # The sender is a setting: parse it once, not per message.
+    [(name, addr)] = getaddresses([from_email])
+    return _address(name, addr), addr
+
+
+def _address(name: str | None, addr: str) -> str:
+    # formataddr quotes specials and RFC 2047-encodes a non-ASCII display name.
+    return formataddr((_clean(name or ""), addr), charset="utf-8")
+
+
+def _lines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _qp(text: str | bytes) -> bytes:
+    # b2a_qp ends its soft line breaks as the input's first line ends: give it LF, then CRLF all.
+    data = _lines(text).encode("utf-8") if isinstance(text, str) else text
+    return binascii.b2a_qp(data, istext=True).replace(b"\n", b"\r\n")
+
+
+def _html_part(html: str) -> tuple[bytes, bytes]:
+    """The HTML part and its transfer encoding. Non-ASCII characters become character
+    references, so the part is plain 7bit and needs no encoding at all (quoted-printable
+    cost half of building a message); only a line over SMTP's 998 limit needs QP."""
+    data = _lines(html).encode("ascii", "xmlcharrefreplace")
+    if max(map(len, data.split(b"\n"))) <= 998:
+        return data.replace(b"\n", b"\r\n"), b"7bit"
+    return _qp(data), b"quoted-printable"
+
+
+def build_message(
+    email: RenderedEmail,
+    *,
+    from_email: str,
+    to_email: str,
+    to_name: str | None,
+    message_id: str,
+    headers: dict[str, str] | None = None,
+) -> OutgoingMessage:
+    """A multipart/alternative message: the text part in quoted-printable UTF-8, then the HTML.
+
+    Assembled as bytes directly: the standard library's `EmailMessage` header registry cost
+    about 45 times as much as rendering the template did (README, "Benchmarks")."""
+    from_header, from_addr = _sender(from_email)
+    html, html_encoding = _html_part(email.html)
+    # Quoted-printable never contains "=_"; the 7bit HTML is checked (a message's own id in it).
+    boundary = f"=_{message_id.partition('@')[0][:40]}"
+    while f"--{boundary}".encode() in html:
+        boundary += "_"
+    head = [
+        _header("From", from_header),
+        _header("To", _address(to_name, to_email)),
+        _header("Subject", email.subject),
+        b"Date: " + formatdate(usegmt=True).encode("ascii") + b"\r\n",
+        _header("Message-ID", f"<{message_id}>"),
+    ]
+    head += [_header(name, value) for name, value in (headers or {}).items()]
+    head.append(b"MIME-Version: 1.0\r\n")
+    head.append(f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n'.encode())
+    part = b'Content-Type: text/%s; charset="utf-8"\r\nContent-Transfer-Encoding: %s\r\n\r\n'
+    delimiter = f"--{boundary}\r\n".encode()
+    body = b"".join(
+        (
+            b"\r\n",
+            delimiter,
+            part % (b"plain", b"quoted-printable"),
+            _qp(email.text),
+            b"\r\n",
+            delimiter,
+            part % (b"html", html_encoding),
+            html,
+            f"\r\n--{boundary}--\r\n".encode(),
+        )
+    )
+    return OutgoingMessage(from_addr, (to_email,), message_id, b"".join(head) + body)
+
+
+# Signed with the message: the headers a receiver must be able to trust were not altered.
+DKIM_HEADERS = (
+    b"From", b"To", b"Subject", b"Date", b"Message-ID", b"MIME-Version", b"Content-Type",
+    b"List-Unsubscribe", b"List-Unsubscribe-Post",
+)  # fmt: skip
+
+
+class DkimSigner:
+    """Signs the exact bytes that go on the wire (relaxed/relaxed, rsa-sha256)."""
+
+    def __init__(self, selector: str, domain: str, private_key: bytes) -> None:
+        self.selector, self.domain, self.private_key = (
+            selector.encode(),
+            domain.encode(),
+            private_key,
+        )
+
+    def sign(self, raw: bytes) -> bytes:
+        # Headers absent from this message are signed as absent ("oversigned"), so none of
+        # them can be added in transit without breaking the signature.
+        signature: bytes = dkim.sign(
+            raw,
+            self.selector,
+            self.domain,
+            self.private_key,
+            canonicalize=(b"relaxed", b"relaxed"),
+            include_headers=list(DKIM_HEADERS),
+        )
+        return signature + raw
+
+
+class _TwoPhaseSMTP(aiosmtplib.SMTP):
+    """aiosmtplib's client with a DATA phase that runs `commit` just before the final `.`."""
+
+    commit: Commit | None = None
+
+    # aiosmtplib's own signature, timeout included.
+    async def data(
+        self,
+        message: str | bytes,
+        /,
+        *,
+        timeout: Any = None,  # noqa: ASYNC109
+    ) -> aiosmtplib.SMTPResponse:
+        commit, protocol = self.commit, self.protocol
+        if commit is None or protocol is None:
+            return await super().data(message, timeout=timeout)
+        if isinstance(message, str):
+            message = message.encode("ascii")
+        body = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(message))
+        wait = self.timeout if timeout is None or not isinstance(timeout, float | int) else timeout
+        # Mirrors SMTPProtocol.execute_data_command (aiosmtplib 5), split at the final dot.
+        try:
+            async with protocol._command_lock:  # type: ignore[union-attr]
+                protocol._response_pending = True
+                protocol.write(b"DATA\r\n")
+                start = await protocol.read_response(timeout=wait)
+                if start.code != 354:
+                    raise aiosmtplib.SMTPDataError(start.code, start.message)
+                protocol.write(body)
+                await commit()
+                protocol._response_pending = True
+                protocol.write(b".\r\n")
+                response = await protocol.read_response(timeout=wait)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+            self.close()
+            raise
+        if response.code != 250:
+            raise aiosmtplib.SMTPDataError(response.code, response.message)
+        return response
+
+
+class SmtpSender:
+    """Sends over a small pool of kept-alive SMTP connections (no connect/EHLO/QUIT per email).
+
+    Failures surface as aiosmtplib exceptions (or OSError) for the caller to classify.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout: float = 30.0,
+        pool_size: int = 8,
+        signer: DkimSigner | None = None,
+    ) -> None:
+        self.host, self.port, self.timeout, self.signer = host, port, timeout, signer
+        self._idle: list[_TwoPhaseSMTP] = []
+        self._slots = asyncio.Semaphore(pool_size)
+
+    async def send(
+        self, message: OutgoingMessage | EmailMessage, *, commit: Commit | None = None
+    ) -> None:
+        """Deliver `message`; `commit` (if given) runs once the server holds all of it but has
+        not yet accepted it. A connection from the pool that turns out dead before anything
+        was committed is replaced once, transparently."""
+        sender: str | None
+        if isinstance(message, OutgoingMessage):
+            sender, recipients, raw = message.sender, list(message.recipients), message.raw
+        else:
+            sender, recipients = extract_sender(message), extract_recipients(message)
+            raw = message.as_bytes(policy=SMTP_POLICY)
+        if sender is None or not recipients:
+            raise ValueError("a message needs a From and a To header")
+        if self.signer is not None:
+            raw = self.signer.sign(raw)
+        async with self._slots:
+            client, reused = await self._connection()
+            committed = False
+
+            async def commit_once() -> None:
+                nonlocal committed
+                if commit is not None:
+                    await commit()
+                committed = True
+
+            client.commit = commit_once
+            try:
+                await client.sendmail(sender, recipients, raw)
+            except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as err:
+                client.close()
+                if not reused or committed:
+                    raise
+                del err  # a kept-alive connection the server had closed: one fresh try
+                client = await self._connect()
+                client.commit = commit_once
+                try:
+                    await client.sendmail(sender, recipients, raw)
+                except BaseException:
+                    client.close()
+                    raise
+            except BaseException:
+                client.close()
+                raise
+            client.commit = None
+            self._idle.append(client)
+
+    async def close(self) -> None:
+        while self._idle:
+            client = self._idle.pop()
+            try:
+                await client.quit()
+            except (aiosmtplib.SMTPException, OSError):
+                client.close()
+
+    async def _connection(self) -> tuple[_TwoPhaseSMTP, bool]:
+        while self._idle:
+            client = self._idle.pop()
+            if client.is_connected:
+                return client, True
+        return await self._connect(), False
+
+    async def _connect(self) -> _TwoPhaseSMTP:
+        # STARTTLS is used whenever the server offers it (providers do; the mail catcher doesn't).
+        client = _TwoPhaseSMTP(hostname=self.host, port=self.port, timeout=self.timeout)
+        await client.connect()
+        return client
+
+
+def smtp_code(err: BaseException) -> int | None:
+    """The SMTP reply code behind an aiosmtplib error, or None for connection-level trouble."""
+    if isinstance(err, aiosmtplib.SMTPRecipientsRefused):
+        return min(r.code for r in err.recipients) if err.recipients else None
+    if isinstance(err, aiosmtplib.SMTPResponseException):
+        return err.code
+    return None
