@@ -27,7 +27,6 @@ from temporalio.client import (
     ScheduleUpdate,
     ScheduleUpdateInput,
 )
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from activities.contacts import ContactActivities
@@ -35,7 +34,9 @@ from activities.email import EmailActivities
 from activities.outbound import WebhookActivities
 from activities.segments import SegmentActivities
 from nudge import segments as segment_store
+from nudge.journeys.connection import connect
 from nudge.journeys.contracts import SegmentRefreshInput
+from nudge.journeys.routing import EventRouter
 from nudge.mail.smtp import DkimSigner, SmtpSender
 from nudge.settings import Settings, get_settings
 from nudge.storage.db import create_engine, session_maker
@@ -119,14 +120,6 @@ def email_activities(settings: Settings, engine: AsyncEngine) -> EmailActivities
     return EmailActivities(session_maker(engine), sender, settings)
 
 
-async def connect(settings: Settings) -> Client:
-    return await Client.connect(
-        settings.temporal_address,
-        namespace=settings.temporal_namespace,
-        data_converter=pydantic_data_converter,
-    )
-
-
 async def main() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -139,7 +132,7 @@ async def main() -> None:
     async with sessions.begin() as session:
         await segment_store.ensure_builtin_segments(session, utcnow())
     await ensure_segment_schedule(client, settings)
-    segments = SegmentActivities(sessions, client, settings)
+    segments = SegmentActivities(EventRouter(sessions, client, settings, FLOWS))
     webhooks = WebhookActivities(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

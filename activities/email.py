@@ -101,7 +101,12 @@ class EmailActivities:
         SQLite has one writer, and a transaction holds it from its first write to its commit,
         so claiming first made every concurrent send and ingest wait on this one's rendering."""
         # A/B: once a step has a recorded winner, only the winner is sent (nudge/abtest.py).
-        job = await abtest.settle_variant(session, job, mid, self.settings)
+        variants = job.variants or {}
+        variant = await abtest.settled_variant(
+            session, self.settings, flow=job.flow, step=job.step, variants=variants, message_id=mid
+        )
+        if variant is not None and (job.variant, job.template) != (variant, variants[variant]):
+            job = job.model_copy(update={"variant": variant, "template": variants[variant]})
         existing = await messages.find_message(
             session, job.workflow_id, job.trigger_event_id, job.step
         )

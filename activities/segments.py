@@ -10,19 +10,13 @@ starts what the crashed attempt did not, and nothing twice.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
-from temporalio.client import Client
 
-from api.ingest import Ingestor
 from nudge import segments
 from nudge.journeys.contracts import SegmentCounts, SegmentRefreshInput, SegmentRefreshResult
-from nudge.settings import Settings
+from nudge.journeys.routing import EventRouter
 from nudge.storage.models import utcnow
-from workflows import FLOWS
-from workflows.journey import Journey
 
 log = logging.getLogger(__name__)
 
@@ -30,29 +24,20 @@ ROUTE_BATCH = 200
 
 
 class SegmentActivities:
-    def __init__(
-        self,
-        sessions: async_sessionmaker[AsyncSession],
-        client: Client,
-        settings: Settings,
-        flows: Sequence[type[Journey]] = FLOWS,
-    ) -> None:
-        self.sessions = sessions
-        self.client = client
-        self.settings = settings
-        self.flows = tuple(flows)
+    def __init__(self, routing: EventRouter) -> None:
+        self.routing = routing
 
     @activity.defn(name="refresh_time_based_segments")
     async def refresh_time_based_segments(self, job: SegmentRefreshInput) -> SegmentRefreshResult:
         now = job.now or utcnow()
-        router = Ingestor(self.sessions, self.client, self.settings, self.flows)
-        async with self.sessions.begin() as session:
+        routing = self.routing
+        async with routing.sessions.begin() as session:
             counts = await segments.refresh_time_based(
-                session, now, triggers=router.segment_flows.keys()
+                session, now, triggers=routing.segment_flows.keys()
             )
         activity.heartbeat("refreshed")
         started = 0
-        while journeys := await router.route_segment_entries(limit=ROUTE_BATCH):
+        while journeys := await routing.route_segment_entries(limit=ROUTE_BATCH):
             started += len(journeys)
             activity.heartbeat(f"{started} journeys started")
         log.info("time-based segments refreshed at %s: %s; %d journeys", now, counts, started)

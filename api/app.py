@@ -26,6 +26,8 @@ from api.routers import (
     webhooks,
 )
 from nudge.events import schemas as ev
+from nudge.journeys.connection import connect
+from nudge.journeys.routing import EventRouter
 from nudge.segments import ensure_builtin_segments
 from nudge.settings import Settings, get_settings
 from nudge.storage.db import create_engine, session_maker
@@ -49,10 +51,8 @@ def create_app(
         # Idempotent; the worker does the same at its start, whichever comes first seeds them.
         async with app.state.sessions.begin() as session:
             await ensure_builtin_segments(session, utcnow())
-        if temporal is None:
-            from worker import connect
-
-            app.state.temporal = await connect(settings)
+        client = temporal or await connect(settings)
+        app.state.routing = EventRouter(app.state.sessions, client, settings, flows)
         try:
             yield
         finally:
@@ -65,8 +65,6 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.temporal = temporal
-    app.state.flows = tuple(flows)
     errors.install(app)
     app.include_router(events.router, prefix="/v1", dependencies=[Depends(require_api_key)])
     app.include_router(products.router, prefix="/v1", dependencies=[Depends(require_api_key)])

@@ -12,8 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
 from api.errors import Unauthorized
+from nudge.journeys.routing import EventRouter, Flow
 from nudge.settings import Settings
-from workflows.journey import Journey
 
 
 def _settings(request: Request) -> Settings:
@@ -31,21 +31,26 @@ async def _session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
+def _routing(request: Request) -> EventRouter:
+    routing: EventRouter = request.app.state.routing
+    return routing
+
+
 def _temporal(request: Request) -> Client:
-    client: Client = request.app.state.temporal
-    return client
+    return _routing(request).client
 
 
-def _flows(request: Request) -> tuple[type[Journey], ...]:
-    flows: tuple[type[Journey], ...] = request.app.state.flows
-    return flows
+def _flows(request: Request) -> tuple[type[Flow], ...]:
+    return _routing(request).flows
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 SessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(_sessions)]
 SessionDep = Annotated[AsyncSession, Depends(_session)]
 TemporalClientDep = Annotated[Client, Depends(_temporal)]
-FlowsDep = Annotated[tuple[type[Journey], ...], Depends(_flows)]
+FlowsDep = Annotated[tuple[type[Flow], ...], Depends(_flows)]
+#: The routing service (nudge.journeys.routing), built once at start with the app's flows.
+RoutingDep = Annotated[EventRouter, Depends(_routing)]
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer $NUDGE_API_KEY`")
 

@@ -33,7 +33,7 @@ import httpx
 
 from bench import harness
 from nudge.journeys.contracts import JourneyEvent, JourneyInput
-from workflows.journey import start_search_attributes
+from nudge.journeys.search_attributes import start_search_attributes
 
 NUDGE_QUEUE = "bench-ingest-nudge"
 BARE_QUEUE = "bench-ingest-bare"

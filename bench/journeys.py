@@ -13,7 +13,7 @@ A. bare: a workflow of the cart flow's shape (wait 2 h, no-op activity, wait 1 d
 B. nudge: N `cart_abandonment` journeys on `python worker.py` — 3 renders, 3 real SMTP sends to
    the mail catcher (its own process), the message log in SQLite — started by posting one
    `cart_updated` per journey to the real API (`uvicorn api.app:app`, its own process), or with
-   --start ingestor by `api.ingest.Ingestor` in this process (same database writes and
+   --start ingestor by `nudge.journeys.routing.EventRouter` in this process (same database writes and
    signal-with-start, no HTTP).
 
 Throughput is journeys / (first start -> last workflow closed, by the server's close times).
@@ -411,10 +411,11 @@ async def run_nudge(bench: harness.Bench, config: Config) -> Phase:
             ids[i] = response.json()["results"][0]["journeys"][0]
 
     else:
-        from api.ingest import Ingestor
         from nudge.events import schemas as ev
+        from nudge.journeys.routing import EventRouter
         from nudge.settings import Settings
         from nudge.storage.db import create_engine, session_maker
+        from workflows import FLOWS
 
         phase = Phase("nudge", "Ingestor in the bench process (no HTTP)", n)
         settings = Settings(
@@ -426,7 +427,7 @@ async def run_nudge(bench: harness.Bench, config: Config) -> Phase:
         )
         engine = create_engine(database)
         closing.append(engine.dispose)
-        ingestor = Ingestor(session_maker(engine), bench.client, settings)
+        ingestor = EventRouter(session_maker(engine), bench.client, settings, FLOWS)
         parsed = [(ev.event_adapter.validate_python(body), body) for body in bodies]
 
         async def start(i: int) -> None:

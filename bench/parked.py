@@ -50,10 +50,10 @@ with workflow.unsafe.imports_passed_through():
 
     from nudge.dev.temporal_dev import extra_args, temporal_binary
     from nudge.journeys.contracts import JourneyEvent, JourneyInput, workflow_id
+    from nudge.journeys.search_attributes import start_search_attributes
     from nudge.settings import ROOT
     from nudge.storage.db import migrate
     from worker import MAX_CACHED_WORKFLOWS
-    from workflows.journey import start_search_attributes
 
 FLOW = "cart_abandonment"
 PARK_HOURS = 2.0  # cart_abandonment's first wait

@@ -33,12 +33,12 @@ from nudge.dev.temporal_dev import SEARCH_ATTRIBUTES, temporal_binary
 from nudge.mail.smtp import SmtpSender
 from nudge.settings import Settings
 from nudge.storage.db import create_engine, migrate_async, session_maker
-from nudge.storage.models import Journey, utcnow
+from nudge.storage.models import JourneyRecord, utcnow
 from support import Stack
 from worker import build_worker
 from workflows import FLOWS
 from workflows.cart_abandonment import CartAbandonment
-from workflows.journey import Journey as JourneyFlow
+from workflows.journey import Journey
 
 WORKFLOW_TASK_IN_FLIGHT = (
     EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED,
@@ -156,7 +156,7 @@ async def open_stack(
     temporal: Client,
     db_url: str,
     mailcatcher: MailCatcher,
-    flows: Sequence[type[JourneyFlow]] = FLOWS,
+    flows: Sequence[type[Journey]] = FLOWS,
     settings_overrides: Mapping[str, object] | None = None,
 ) -> AsyncIterator[Stack]:
     """API + worker for `flows` on the time-skipping server: flows run days in milliseconds."""
@@ -204,7 +204,9 @@ async def _end_running_journeys(
     mid-activity would stop the test server from skipping time for every later test."""
     async with sessions() as session:
         rows = await session.execute(
-            select(Journey.workflow_id, Journey.run_id).where(Journey.started_at >= since)
+            select(JourneyRecord.workflow_id, JourneyRecord.run_id).where(
+                JourneyRecord.started_at >= since
+            )
         )
     for workflow_id, run_id in rows.all():
         handle = temporal.get_workflow_handle(workflow_id, run_id=run_id)

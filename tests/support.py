@@ -21,15 +21,14 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Replayer
 
 from activities.segments import SegmentActivities
-from api.ingest import Ingestor
 from nudge import segments
 from nudge.contacts import directory
 from nudge.dev.mailcatcher import CaughtMessage, MailCatcher
 from nudge.journeys.contracts import JourneyState, SegmentRefreshInput, SegmentRefreshResult
+from nudge.journeys.routing import EventRouter
 from nudge.mail import tracking
 from nudge.settings import Settings
-from nudge.storage.models import Journey as JourneyRow
-from nudge.storage.models import Message, utcnow
+from nudge.storage.models import JourneyRecord, Message, utcnow
 from workflows import FLOWS
 from workflows.journey import Journey
 
@@ -223,7 +222,7 @@ async def refresh_segments(
 ) -> SegmentRefreshResult:
     """The hourly refresh of time-based segments at `now` (the activity the `segment_refresh`
     workflow runs), starting the journeys of `flows` that its entries trigger."""
-    refresh = SegmentActivities(stack.sessions, stack.temporal, stack.settings, flows=flows)
+    refresh = SegmentActivities(EventRouter(stack.sessions, stack.temporal, stack.settings, flows))
     return await ActivityEnvironment().run(
         refresh.refresh_time_based_segments, SegmentRefreshInput(now=now)
     )
@@ -235,19 +234,19 @@ async def refresh_contact(
     """What the next event about one contact does to its segments, at `now`: its memberships
     recomputed and the journeys of `flows` that its entries trigger started (workflow ids).
     For a clock months ahead without moving every other contact of the session's database."""
-    router = Ingestor(stack.sessions, stack.temporal, stack.settings, flows)
+    router = EventRouter(stack.sessions, stack.temporal, stack.settings, flows)
     async with stack.sessions.begin() as session:
         await segments.refresh_contact(session, contact, now, triggers=router.segment_flows.keys())
     return await router.route_segment_entries(contact)
 
 
-async def journeys(stack: Stack, flow: str, contact: int) -> list[JourneyRow]:
+async def journeys(stack: Stack, flow: str, contact: int) -> list[JourneyRecord]:
     """The journeys of `flow` started for the contact (one row per run), oldest first."""
     async with stack.sessions() as session:
         rows = await session.scalars(
-            select(JourneyRow)
-            .where(JourneyRow.flow == flow, JourneyRow.contact_id == contact)
-            .order_by(JourneyRow.id)
+            select(JourneyRecord)
+            .where(JourneyRecord.flow == flow, JourneyRecord.contact_id == contact)
+            .order_by(JourneyRecord.id)
         )
         return list(rows)
 

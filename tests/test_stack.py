@@ -28,10 +28,10 @@ from conftest import make_settings
 from nudge.dev.mailcatcher import CaughtMessage, MailCatcher
 from nudge.dev.temporal_dev import extra_args, temporal_binary
 from nudge.journeys.contracts import JourneyInput, JourneyState, JourneyStatus
+from nudge.journeys.search_attributes import CONTACT, FLOW, STATUS, start_search_attributes
 from nudge.settings import Settings
 from support import cart_event, new_email, new_id, order_event
 from workflows import FLOWS
-from workflows.journey import CONTACT, FLOW, STATUS, start_search_attributes
 
 ROOT = Path(__file__).resolve().parent.parent
 SCALE = 3600.0

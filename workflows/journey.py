@@ -13,21 +13,19 @@ from __future__ import annotations
 import hashlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from temporalio import workflow
 from temporalio.common import (
     RetryPolicy,
-    SearchAttributeKey,
-    SearchAttributePair,
-    TypedSearchAttributes,
 )
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.contacts import ContactActivities
     from activities.email import EmailActivities
+    from activities.outbound import WebhookActivities
     from nudge import localtime
     from nudge.events.schemas import StoreEventIn
     from nudge.journeys.contracts import (
@@ -43,11 +41,9 @@ with workflow.unsafe.imports_passed_through():
         WebhookInput,
         WebhookResult,
     )
+    from nudge.journeys.reentry import Reentry as Reentry  # flows import it from here
+    from nudge.journeys.search_attributes import STATUS, STEP
 
-FLOW = SearchAttributeKey.for_keyword("NudgeFlow")
-CONTACT = SearchAttributeKey.for_keyword("NudgeContact")
-STEP = SearchAttributeKey.for_keyword("NudgeStep")
-STATUS = SearchAttributeKey.for_keyword("NudgeStatus")
 
 # A send is worth nothing once it is this late: better skipped than a reminder days after the fact.
 SEND_DEADLINE = timedelta(hours=6)
@@ -74,48 +70,6 @@ STEP_DEADLINE = timedelta(hours=1)
 STEP_RETRY = RetryPolicy(maximum_interval=timedelta(minutes=1))
 #: `quiet_hours = STORE`: the store's window (NUDGE_QUIET_HOURS), handed in with the journey.
 STORE = "store"
-
-
-@dataclass(frozen=True)
-class Reentry:
-    """Whether a contact may start a flow again; checked by the API before every start.
-
-    `always()` (the default), `once()` ever, `every(days=N)` (not within N days of the event
-    that started the last one), or `per_key()` (once per cart, order, product...)."""
-
-    rule: str = "always"
-    days: float = 0
-
-    @classmethod
-    def always(cls) -> Reentry:
-        return cls()
-
-    @classmethod
-    def once(cls) -> Reentry:
-        return cls("once")
-
-    @classmethod
-    def every(cls, *, days: float) -> Reentry:
-        if days <= 0:
-            raise ValueError("Reentry.every(days=...) needs days > 0")
-        return cls("every", days)
-
-    @classmethod
-    def per_key(cls) -> Reentry:
-        return cls("per_key")
-
-    def allows(
-        self, workflow_id: str, at: datetime, previous: Sequence[tuple[str, datetime]]
-    ) -> bool:
-        """`previous`: (workflow id, when its trigger occurred) of the contact's earlier journeys
-        of this flow."""
-        if self.rule == "once":
-            return not previous
-        if self.rule == "per_key":
-            return all(wid != workflow_id for wid, _ in previous)
-        if self.rule == "every":
-            return all(at - then >= timedelta(days=self.days) for _, then in previous)
-        return True
 
 
 def choose(seed: str, weights: Mapping[str, float]) -> str:
@@ -293,6 +247,11 @@ class Journey:
             self.now(), self.input.timezone, localtime.parse_quiet_hours(spec)
         )
 
+    async def _hold_through_quiet_hours(self, step: str) -> None:
+        hold = self.quiet_hold()
+        if hold > timedelta(0):
+            await self._sleep(hold, f"quiet hours: {step} held {_human(hold)}")
+
     def pick(self, step: str, weights: Mapping[str, float]) -> str:
         """A random split that is stable per contact: the same contact always gets the same
         variant of this flow's step."""
@@ -319,43 +278,22 @@ class Journey:
         if self._exit is not None:
             raise JourneyExit()
         if not transactional:
-            hold = self.quiet_hold()
-            if hold > timedelta(0):
-                await self._sleep(hold, f"quiet hours: {step} held {_human(hold)}")
-        state = self._state
-        assert state is not None
-        info = workflow.info()
+            await self._hold_through_quiet_hours(step)
         variant = None
         if variants:
             variant = self.pick(step, weights or dict.fromkeys(variants, 1.0))
             template = variants[variant]
         self._details(f"sending {step}")
+        job = self._send_input(step, template or step, transactional, topic, variant, variants)
+        if not transactional:
+            job.filters = list(self.filters if filters is None else filters)
+            job.smart_sending = self.smart_sending if smart_sending is None else smart_sending
+        job.offer_percent = offer_percent
         deadline = max(SEND_DEADLINE / self.input.time_scale, SEND_DEADLINE_FLOOR)
         try:
             result = await workflow.execute_activity_method(
                 EmailActivities.send_email,
-                SendEmailInput(
-                    workflow_id=info.workflow_id,
-                    trigger_event_id=self.input.trigger_event_id,
-                    flow=self.flow,
-                    step=step,
-                    template=template or step,
-                    contact_id=self.input.contact_id,
-                    key=self.input.key,
-                    journey_started_at=state.started_at or info.start_time,
-                    transactional=transactional,
-                    topic=topic,
-                    variant=variant,
-                    variants=dict(variants) if variants else None,
-                    filters=[]
-                    if transactional
-                    else list(self.filters if filters is None else filters),
-                    smart_sending=not transactional
-                    and (self.smart_sending if smart_sending is None else smart_sending),
-                    time_scale=self.input.time_scale,
-                    now=workflow.now(),
-                    offer_percent=offer_percent,
-                ),
+                job,
                 start_to_close_timeout=SEND_ATTEMPT_TIMEOUT,
                 schedule_to_close_timeout=deadline,
                 retry_policy=SEND_RETRY,
@@ -365,8 +303,7 @@ class Journey:
         except ActivityError as err:
             status, reason, message = "failed", type(err.cause).__name__, ""
             workflow.logger.warning("send %s failed: %s", step, err.cause)
-        state.step = step
-        state.emails.append(
+        self._record_email(
             SentEmail(
                 step=step,
                 message_id=message,
@@ -376,11 +313,49 @@ class Journey:
                 variant=variant,
             )
         )
-        workflow.upsert_search_attributes([STEP.value_set(step)])
         if status == "skipped" and reason is not None and reason in TERMINAL_SKIPS:
             self.exit(TERMINAL_SKIPS[reason], reason)
             raise JourneyExit()
         return status == "sent"
+
+    def _send_input(
+        self,
+        step: str,
+        template: str,
+        transactional: bool,
+        topic: str,
+        variant: str | None,
+        variants: Mapping[str, str] | None,
+    ) -> SendEmailInput:
+        """The send activity's input for one step: who, which journey, which template."""
+        state, info = self._state, workflow.info()
+        assert state is not None
+        return SendEmailInput(
+            workflow_id=info.workflow_id,
+            trigger_event_id=self.input.trigger_event_id,
+            flow=self.flow,
+            step=step,
+            template=template,
+            contact_id=self.input.contact_id,
+            key=self.input.key,
+            journey_started_at=state.started_at or info.start_time,
+            transactional=transactional,
+            topic=topic,
+            variant=variant,
+            variants=dict(variants) if variants else None,
+            filters=[],
+            smart_sending=False,
+            time_scale=self.input.time_scale,
+            now=workflow.now(),
+        )
+
+    def _record_email(self, email: SentEmail) -> None:
+        """The step's outcome in the `state` query and the `NudgeStep` search attribute."""
+        state = self._state
+        assert state is not None
+        state.step = email.step
+        state.emails.append(email)
+        workflow.upsert_search_attributes([STEP.value_set(email.step)])
 
     # ---- splits and other steps --------------------------------------------------------------
 
@@ -388,10 +363,9 @@ class Journey:
         """The contact as the database has it now: segments, properties, tags, orders."""
         # A local activity: one quick read, done in the worker without a task round trip (one
         # marker in the history instead of an activity's three events).
-        profile: ContactProfile = await workflow.execute_local_activity(
-            "contact_profile",
+        profile: ContactProfile = await workflow.execute_local_activity_method(
+            ContactActivities.profile,
             ContactProfileInput(contact_id=self.input.contact_id),
-            result_type=ContactProfile,
             start_to_close_timeout=STEP_TIMEOUT,
             schedule_to_close_timeout=STEP_DEADLINE,
             retry_policy=STEP_RETRY,
@@ -415,8 +389,8 @@ class Journey:
         the reason, e.g. "sunset")."""
         step = step or self._step_name("update_contact")
         self._details(step)
-        await workflow.execute_activity(
-            "update_contact",
+        await workflow.execute_activity_method(
+            ContactActivities.update_contact,
             ContactUpdateInput(
                 workflow_id=workflow.info().workflow_id,
                 step=step,
@@ -439,8 +413,8 @@ class Journey:
         step = step or self._step_name(f"webhook_{endpoint}")
         self._details(step)
         try:
-            result: WebhookResult = await workflow.execute_activity(
-                "call_webhook",
+            result: WebhookResult = await workflow.execute_activity_method(
+                WebhookActivities.call_webhook,
                 WebhookInput(
                     workflow_id=workflow.info().workflow_id,
                     step=step,
@@ -449,7 +423,6 @@ class Journey:
                     endpoint=endpoint,
                     payload=dict(payload or {}),
                 ),
-                result_type=WebhookResult,
                 start_to_close_timeout=STEP_TIMEOUT,
                 schedule_to_close_timeout=STEP_DEADLINE,
                 retry_policy=STEP_RETRY,
@@ -502,15 +475,3 @@ class Journey:
             f"**{self.flow}** for contact `{state.contact_id}` ({state.key})\n\n"
             f"Now: {doing}\n\nEmails: {sent}"
         )
-
-
-def start_search_attributes(flow: str, contact_id: int) -> TypedSearchAttributes:
-    """The attributes a journey is started with, so it is findable before its first step."""
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(FLOW, flow),
-            SearchAttributePair(CONTACT, str(contact_id)),
-            SearchAttributePair(STEP, "started"),
-            SearchAttributePair(STATUS, JourneyStatus.RUNNING.value),
-        ]
-    )

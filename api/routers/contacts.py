@@ -14,7 +14,7 @@ from api.errors import NotFound
 from nudge.contacts import directory
 from nudge.journeys import records
 from nudge.journeys.contracts import JourneyStatus
-from workflows.journey import STATUS, STEP
+from nudge.journeys.search_attributes import STATUS, STEP
 
 router = APIRouter(tags=["contacts"])
 

@@ -8,10 +8,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
-from api.deps import FlowsDep, SessionsDep, SettingsDep, TemporalClientDep
+from api.deps import RoutingDep, SessionsDep, SettingsDep
 from api.errors import Invalid, invalid_from
-from api.ingest import Ingestor, IngestResult
 from nudge.events import schemas as ev
+from nudge.journeys.routing import IngestResult
 
 router = APIRouter(tags=["events"])
 
@@ -55,13 +55,12 @@ def parse_events(body: Any) -> list[tuple[ev.StoreEventIn, dict[str, Any]]]:
 async def post_events(
     request: Request,
     sessions: SessionsDep,
-    client: TemporalClientDep,
     settings: SettingsDep,
-    flows: FlowsDep,
+    routing: RoutingDep,
 ) -> IngestResult:
     try:
         body = json.loads(await request.body())
     except ValueError as err:
         raise Invalid(f"the body is not valid JSON: {err}", fields=[]) from None
     batch = parse_events(body)
-    return await Ingestor(sessions, client, settings, flows).ingest(batch)
+    return await routing.ingest(batch)

@@ -18,9 +18,8 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from api.deps import FlowsDep, SessionsDep, SettingsDep, TemporalClientDep
+from api.deps import RoutingDep, SessionsDep, SettingsDep
 from api.errors import BadToken
-from api.ingest import Ingestor
 from api.routers import unsubscribe
 from nudge.contacts import consent, suppression
 from nudge.events import schemas as ev
@@ -80,14 +79,13 @@ async def save_preferences(
     token: str,
     request: Request,
     sessions: SessionsDep,
-    client: TemporalClientDep,
     settings: SettingsDep,
-    flows: FlowsDep,
+    routing: RoutingDep,
 ) -> HTMLResponse:
     contact, _ = await unsubscribe.contact_of(sessions, settings, token)
     form = parse_qs((await request.body()).decode(errors="replace"))
     if form.get("action") == ["all"]:
-        return await unsubscribe.unsubscribe(token, sessions, client, settings, flows)
+        return await unsubscribe.unsubscribe(token, sessions, settings, routing)
     chosen = set(form.get("topics", [])) & set(suppression.TOPICS)
     async with sessions.begin() as session:
         await suppression.set_topics(session, contact.id, chosen)
@@ -135,9 +133,8 @@ async def confirm(
     token: str,
     request: Request,
     sessions: SessionsDep,
-    client: TemporalClientDep,
     settings: SettingsDep,
-    flows: FlowsDep,
+    routing: RoutingDep,
 ) -> HTMLResponse:
     contact, message_id = await _confirm_claims(sessions, settings, token)
     async with sessions.begin() as session:
@@ -154,9 +151,7 @@ async def confirm(
             contact=ev.ContactIn.model_construct(email=contact.email),
             source="double_opt_in",
         )
-        await Ingestor(sessions, client, settings, flows).ingest_one(
-            event, event.model_dump(mode="json", exclude_unset=True)
-        )
+        await routing.ingest_one(event, event.model_dump(mode="json", exclude_unset=True))
         return unsubscribe.page(
             settings,
             "You are subscribed",

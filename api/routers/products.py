@@ -2,29 +2,25 @@
 
 Each post upserts the products, and stores the `back_in_stock` / `price_dropped` events their
 changes raise (nudge/catalog.py) in the same transaction, unrouted. They are then routed like
-store events (`Ingestor.route`: trigger events start journeys, goal events signal them) and marked
+store events (`EventRouter.route_catalog_changes`: trigger events start journeys, goal events signal them) and marked
 routed only once Temporal has them; a retried post, which finds nothing changed any more, routes
 whatever a crash left unrouted for its products.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import FlowsDep, SessionsDep, SettingsDep, TemporalClientDep
-from api.ingest import Ingestor
+from api.deps import RoutingDep, SessionsDep
 from nudge.commerce import catalog
 from nudge.events import schemas as ev
-from nudge.intake import event_log
-from nudge.journeys import records
 
 router = APIRouter(tags=["products"])
 
 MAX_PRODUCTS = 500
-ROUTE_CHUNK = 100
 
 
 class CatalogIn(BaseModel):
@@ -54,35 +50,15 @@ class CatalogResult(BaseModel):
 async def post_products(
     body: CatalogIn,
     sessions: SessionsDep,
-    client: TemporalClientDep,
-    settings: SettingsDep,
-    flows: FlowsDep,
+    routing: RoutingDep,
 ) -> CatalogResult:
     async with sessions.begin() as session:
         await catalog.apply(session, body.products)
     product_ids = list(dict.fromkeys(p.id for p in body.products))
-    ingestor = Ingestor(sessions, client, settings, flows)
-    counts = dict.fromkeys(catalog.DERIVED_TYPES, 0)
-    journeys: list[str] = []
-    while True:
-        async with sessions() as session:
-            batch = await catalog.pending(session, product_ids, limit=ROUTE_CHUNK)
-        if not batch:
-            break
-        started: list[dict[str, Any]] = []
-        for contact_id, event in batch:
-            journeys += await ingestor.route(event, contact_id, started)
-            counts[event.type] += 1
-        # Marked routed only once Temporal has every journey of the chunk: a crash before this
-        # commit leaves them for the retry (starts and signals are idempotent).
-        async with sessions.begin() as session:
-            for values in started:
-                await records.record_journey(session, **values)
-            for _, event in batch:
-                await event_log.mark_routed(session, event.id)
+    routed = await routing.route_catalog_changes(product_ids)
     return CatalogResult(
         products=len(product_ids),
-        back_in_stock=counts["back_in_stock"],
-        price_dropped=counts["price_dropped"],
-        journeys=journeys,
+        back_in_stock=routed.counts["back_in_stock"],
+        price_dropped=routed.counts["price_dropped"],
+        journeys=routed.journeys,
     )

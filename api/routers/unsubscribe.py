@@ -13,9 +13,8 @@ from html import escape
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
-from api.deps import FlowsDep, SessionsDep, SettingsDep, TemporalClientDep
+from api.deps import RoutingDep, SessionsDep, SettingsDep
 from api.errors import BadToken
-from api.ingest import Ingestor
 from nudge.events import schemas as ev
 from nudge.mail import tokens, tracking
 from nudge.settings import Settings
@@ -60,9 +59,8 @@ async def unsubscribe_page(
 async def unsubscribe(
     token: str,
     sessions: SessionsDep,
-    client: TemporalClientDep,
     settings: SettingsDep,
-    flows: FlowsDep,
+    routing: RoutingDep,
 ) -> HTMLResponse:
     contact, message_id = await contact_of(sessions, settings, token)
     event = ev.CustomerUnsubscribed(
@@ -71,9 +69,7 @@ async def unsubscribe(
         occurred_at=utcnow(),
         contact=ev.ContactIn(email=contact.email),
     )
-    await Ingestor(sessions, client, settings, flows).ingest_one(
-        event, event.model_dump(mode="json", exclude_unset=True)
-    )
+    await routing.ingest_one(event, event.model_dump(mode="json", exclude_unset=True))
     async with sessions.begin() as session:
         await tracking.record_unsubscribe(session, contact.id, message_id)
     return page(

@@ -13,9 +13,8 @@ from collections.abc import Iterable
 
 from fastapi import APIRouter, Request
 
-from api.deps import FlowsDep, SessionsDep, SettingsDep, TemporalClientDep
+from api.deps import RoutingDep, SessionsDep, SettingsDep
 from api.errors import Invalid, Refused
-from api.ingest import Ingestor
 from nudge.contacts import suppression
 from nudge.contacts.suppression import Feedback
 from nudge.events import schemas as ev
@@ -32,9 +31,8 @@ def _refuse(err: webhooks.Forged) -> Refused:
 async def _apply(
     feedback: Iterable[Feedback],
     sessions: SessionsDep,
-    client: TemporalClientDep,
     settings: SettingsDep,
-    flows: FlowsDep,
+    routing: RoutingDep,
 ) -> dict[str, int | str]:
     outcomes = []
     async with sessions.begin() as session:
@@ -52,9 +50,7 @@ async def _apply(
             occurred_at=utcnow(),
             contact=ev.ContactIn.model_construct(email=contact.email),
         )
-        await Ingestor(sessions, client, settings, flows).ingest_one(
-            event, event.model_dump(mode="json", exclude_unset=True)
-        )
+        await routing.ingest_one(event, event.model_dump(mode="json", exclude_unset=True))
     return {
         "received": len(outcomes),
         "known": sum(o.contact_id is not None for o in outcomes),
@@ -66,9 +62,8 @@ async def _apply(
 async def ses(
     request: Request,
     sessions: SessionsDep,
-    client: TemporalClientDep,
     settings: SettingsDep,
-    flows: FlowsDep,
+    routing: RoutingDep,
 ) -> dict[str, int | str]:
     message = webhooks.loads(await request.body())
     if not isinstance(message, dict):
@@ -91,16 +86,15 @@ async def ses(
         )
     report_id = str(message.get("MessageId") or "") or None
     feedback = webhooks.ses_feedback(notification, report_id)
-    return await _apply(feedback, sessions, client, settings, flows)
+    return await _apply(feedback, sessions, settings, routing)
 
 
 @router.post("/sendgrid", summary="SendGrid signed event webhook")
 async def sendgrid(
     request: Request,
     sessions: SessionsDep,
-    client: TemporalClientDep,
     settings: SettingsDep,
-    flows: FlowsDep,
+    routing: RoutingDep,
 ) -> dict[str, int | str]:
     body = await request.body()
     try:
@@ -113,20 +107,19 @@ async def sendgrid(
     except webhooks.Forged as err:
         raise _refuse(err) from None
     events = webhooks.loads(body)
-    return await _apply(webhooks.sendgrid_feedback(events), sessions, client, settings, flows)
+    return await _apply(webhooks.sendgrid_feedback(events), sessions, settings, routing)
 
 
 @router.post("/postmark", summary="Postmark bounce, spam complaint and delivery webhooks")
 async def postmark(
     request: Request,
     sessions: SessionsDep,
-    client: TemporalClientDep,
     settings: SettingsDep,
-    flows: FlowsDep,
+    routing: RoutingDep,
 ) -> dict[str, int | str]:
     try:
         webhooks.verify_postmark(settings, request.headers.get("Authorization"))
     except webhooks.Forged as err:
         raise _refuse(err) from None
     record = webhooks.loads(await request.body())
-    return await _apply(webhooks.postmark_feedback(record), sessions, client, settings, flows)
+    return await _apply(webhooks.postmark_feedback(record), sessions, settings, routing)

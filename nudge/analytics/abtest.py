@@ -23,7 +23,6 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nudge.analytics import metrics
-from nudge.journeys.contracts import SendEmailInput
 from nudge.settings import Settings
 from nudge.storage.db import insert_for
 from nudge.storage.models import AbDecision, Message, utcnow
@@ -120,30 +119,30 @@ async def evaluate(
     return Verdict(metric, arms, probabilities, leader, ready or existing is not None, existing)
 
 
-async def settle_variant(
-    session: AsyncSession, job: SendEmailInput, mid: str, settings: Settings
-) -> SendEmailInput:
-    """The job to send: with the recorded winner's variant and template once a step has one.
-    A retry keeps the variant its first attempt logged, so the log says what was sent."""
-    variants: Mapping[str, str] = job.variants or {}
+async def settled_variant(
+    session: AsyncSession,
+    settings: Settings,
+    *,
+    flow: str,
+    step: str,
+    variants: Mapping[str, str],
+    message_id: str,
+) -> str | None:
+    """The variant a step's message must be sent as, or None to keep the workflow's pick: the
+    variant its first attempt logged (a retry sends what the log says was sent), else the
+    recorded winner once the step has one."""
     if len(variants) < 2:
-        return job
-    logged = await session.scalar(select(Message.variant).where(Message.message_id == mid))
+        return None
+    logged = await session.scalar(select(Message.variant).where(Message.message_id == message_id))
     if logged is not None and logged in variants:
-        return _with(job, logged, variants)
-    decision = await session.get(AbDecision, (job.flow, job.step))
-    if decision is None and _due(job.flow, job.step, settings):
-        verdict = await evaluate(session, settings, job.flow, job.step)
+        return logged
+    decision = await session.get(AbDecision, (flow, step))
+    if decision is None and _due(flow, step, settings):
+        verdict = await evaluate(session, settings, flow, step)
         decision = verdict.decision if verdict else None
     if decision is not None and decision.winner in variants:
-        return _with(job, decision.winner, variants)
-    return job
-
-
-def _with(job: SendEmailInput, variant: str, variants: Mapping[str, str]) -> SendEmailInput:
-    if job.variant == variant and job.template == variants[variant]:
-        return job
-    return job.model_copy(update={"variant": variant, "template": variants[variant]})
+        return decision.winner
+    return None
 
 
 def _due(flow: str, step: str, settings: Settings) -> bool:

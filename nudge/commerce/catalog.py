@@ -26,8 +26,8 @@ from decimal import Decimal
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from nudge.events import log as event_log
 from nudge.events import schemas as ev
-from nudge.intake import event_log
 from nudge.storage.db import insert_for
 from nudge.storage.models import Consent, Contact, Order, OrderLine, Product, StoreEvent, utcnow
 

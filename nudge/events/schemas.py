@@ -27,7 +27,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from nudge.contacts import hygiene
+from nudge.events import hygiene
 
 MAX_BATCH = 500
 

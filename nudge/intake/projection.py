@@ -10,8 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from nudge.commerce import loyalty, orders
 from nudge.contacts import consent
+from nudge.events import log as event_log
 from nudge.events import schemas as ev
-from nudge.intake import event_log
 from nudge.settings import Settings, get_settings
 from nudge.storage.models import (
     Order,

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from nudge.storage.db import insert_for
 from nudge.storage.models import (
-    Journey,
+    JourneyRecord,
     StoreEvent,
     utcnow,
 )
@@ -31,7 +31,7 @@ async def record_journey(
     event_id: str,
 ) -> None:
     stmt = (
-        insert_for(session, Journey)
+        insert_for(session, JourneyRecord)
         .values(
             workflow_id=workflow_id,
             run_id=run_id,
@@ -47,10 +47,12 @@ async def record_journey(
 
 async def open_journeys(
     session: AsyncSession, contact_id: int, flows: Sequence[str]
-) -> list[Journey]:
+) -> list[JourneyRecord]:
     result = await session.scalars(
-        select(Journey).where(
-            Journey.contact_id == contact_id, Journey.flow.in_(flows), Journey.closed_at.is_(None)
+        select(JourneyRecord).where(
+            JourneyRecord.contact_id == contact_id,
+            JourneyRecord.flow.in_(flows),
+            JourneyRecord.closed_at.is_(None),
         )
     )
     return list(result)
@@ -63,24 +65,29 @@ async def previous_journeys(
     for the flow's re-entry rule. A journey started by a segment entry has no stored event; its
     start time stands in."""
     rows = await session.execute(
-        select(Journey.workflow_id, func.coalesce(StoreEvent.occurred_at, Journey.started_at))
-        .outerjoin(StoreEvent, StoreEvent.id == Journey.trigger_event_id)
-        .where(Journey.flow == flow, Journey.contact_id == contact_id)
+        select(
+            JourneyRecord.workflow_id,
+            func.coalesce(StoreEvent.occurred_at, JourneyRecord.started_at),
+        )
+        .outerjoin(StoreEvent, StoreEvent.id == JourneyRecord.trigger_event_id)
+        .where(JourneyRecord.flow == flow, JourneyRecord.contact_id == contact_id)
     )
     return [(wid, at) for wid, at in rows.all()]
 
 
 async def close_journey(session: AsyncSession, journey_id: int) -> None:
     await session.execute(
-        update(Journey).where(Journey.id == journey_id).values(closed_at=utcnow())
+        update(JourneyRecord).where(JourneyRecord.id == journey_id).values(closed_at=utcnow())
     )
 
 
-async def journeys_of(session: AsyncSession, contact_id: int, limit: int = 50) -> list[Journey]:
+async def journeys_of(
+    session: AsyncSession, contact_id: int, limit: int = 50
+) -> list[JourneyRecord]:
     result = await session.scalars(
-        select(Journey)
-        .where(Journey.contact_id == contact_id)
-        .order_by(Journey.started_at.desc(), Journey.id.desc())
+        select(JourneyRecord)
+        .where(JourneyRecord.contact_id == contact_id)
+        .order_by(JourneyRecord.started_at.desc(), JourneyRecord.id.desc())
         .limit(limit)
     )
     return list(result)

@@ -224,7 +224,7 @@ class StoreEvent(Base):
     )
 
 
-class Journey(Base):
+class JourneyRecord(Base):
     """One row per journey started: lets goal events find a contact's journeys without
     depending on Temporal's eventually consistent visibility store."""
 

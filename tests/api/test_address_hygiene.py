@@ -8,7 +8,7 @@ import uuid
 import pytest
 from sqlalchemy import select
 
-from nudge.contacts.hygiene import ROLE_LOCAL_PARTS
+from nudge.events.hygiene import ROLE_LOCAL_PARTS
 from nudge.storage.models import Contact
 from support import Stack, cart_event, new_id
 

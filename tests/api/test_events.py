@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
 from nudge.journeys.contracts import JourneyStatus, workflow_id
-from nudge.storage.models import Cart, Contact, Journey, Order, StoreEvent
+from nudge.storage.models import Cart, Contact, JourneyRecord, Order, StoreEvent
 from support import Stack, cart_event, new_email, new_id, order_event
 
 AUTH = {"Authorization": "Bearer test-key"}
@@ -92,7 +92,7 @@ async def counts(stack: Stack) -> dict[str, int]:
             model.__tablename__: int(
                 await session.scalar(select(func.count()).select_from(model)) or 0
             )
-            for model in (StoreEvent, Journey, Cart, Contact, Order)
+            for model in (StoreEvent, JourneyRecord, Cart, Contact, Order)
         }
 
 
@@ -151,7 +151,9 @@ async def test_contract_events_are_accepted_stored_and_convert_the_journey(stack
     assert stored.payload == cart_evt
     assert stored.routed_at is not None
     async with stack.sessions() as session:
-        journeys = list(await session.scalars(select(Journey).where(Journey.workflow_id == wid)))
+        journeys = list(
+            await session.scalars(select(JourneyRecord).where(JourneyRecord.workflow_id == wid))
+        )
     assert [(j.flow, j.contact_id, j.trigger_event_id) for j in journeys] == [
         ("cart_abandonment", contact.id, cart_evt["id"])
     ]

@@ -17,8 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 from conftest import open_stack
 from nudge.dev.mailcatcher import MailCatcher
 from nudge.journeys.contracts import JourneyInput, JourneyState, JourneyStatus
-from nudge.storage.models import Journey as JourneyRow
-from nudge.storage.models import SegmentChange, utcnow
+from nudge.storage.models import JourneyRecord, SegmentChange, utcnow
 from support import Stack, new_email, new_id, order_event
 from workflows.journey import Journey
 
@@ -269,7 +268,7 @@ async def test_entering_a_segment_starts_the_flow_that_it_triggers(vip_stack: St
                 SegmentChange.contact_id == contact_id, SegmentChange.segment_id == "vip"
             )
         )
-        row = await session.scalar(select(JourneyRow).where(JourneyRow.workflow_id == wid))
+        row = await session.scalar(select(JourneyRecord).where(JourneyRecord.workflow_id == wid))
     assert change is not None and change.change == "entered" and change.routed_at is not None
     assert row is not None
     assert (row.flow, row.trigger_event_id) == ("test_vip_welcome", f"segment:vip:{change.id}")

@@ -15,8 +15,9 @@ from catalog_support import ago, post_products, product, product_event
 from conftest import open_stack
 from nudge.contacts import directory
 from nudge.dev.mailcatcher import MailCatcher
+from nudge.events import log as event_log
 from nudge.events import schemas as ev
-from nudge.intake import event_log, projection
+from nudge.intake import projection
 from nudge.journeys.contracts import JourneyStatus
 from support import (
     Stack,

@@ -101,8 +101,9 @@ async def test_order_that_never_reached_the_journey_still_stops_it(stack: Stack)
     order = order_event(email, new_id("order"), cart_token=token)
     # Stored and applied, but never routed to Temporal (as if the API died before signalling).
     from nudge.contacts import directory
+    from nudge.events import log as event_log
     from nudge.events import schemas as ev
-    from nudge.intake import event_log, projection
+    from nudge.intake import projection
 
     parsed = ev.event_adapter.validate_python(order)
     async with stack.sessions.begin() as session:

@@ -7,7 +7,7 @@ import sys
 from sqlalchemy import select
 from temporalio.workflow import _Definition
 
-from nudge.storage.models import Journey as JourneyRow
+from nudge.storage.models import JourneyRecord
 from support import Stack, cart_event, new_email, new_id, order_event
 from workflows import FLOWS
 
@@ -38,5 +38,5 @@ async def test_goal_event_after_the_journey_ended_closes_its_row(stack: Stack) -
     assert response.status_code == 202
     assert response.json()["results"][0]["journeys"] == []
     async with stack.sessions() as session:
-        row = await session.scalar(select(JourneyRow).where(JourneyRow.workflow_id == wid))
+        row = await session.scalar(select(JourneyRecord).where(JourneyRecord.workflow_id == wid))
     assert row is not None and row.closed_at is not None

@@ -12,8 +12,9 @@ from temporalio.testing import WorkflowEnvironment
 from conftest import open_stack
 from nudge.contacts import directory
 from nudge.dev.mailcatcher import MailCatcher
+from nudge.events import log as event_log
 from nudge.events import schemas as ev
-from nudge.intake import event_log, projection
+from nudge.intake import projection
 from nudge.journeys.contracts import JourneyState, JourneyStatus
 from support import (
     Stack,

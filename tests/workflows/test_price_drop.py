@@ -14,8 +14,9 @@ from catalog_support import ago, post_products, product, product_event
 from conftest import open_stack
 from nudge.contacts import directory
 from nudge.dev.mailcatcher import CaughtMessage, MailCatcher
+from nudge.events import log as event_log
 from nudge.events import schemas as ev
-from nudge.intake import event_log, projection
+from nudge.intake import projection
 from nudge.journeys.contracts import JourneyStatus
 from nudge.storage.models import StoreEvent
 from support import Stack, new_email, new_id, order_event, quiet_window, record_history, untracked

@@ -38,6 +38,7 @@ from nudge.journeys.contracts import (
     SegmentRefreshInput,
     SegmentRefreshResult,
 )
+from nudge.journeys.routing import EventRouter
 from nudge.mail.smtp import SmtpSender
 from nudge.settings import Settings
 from nudge.storage.db import create_engine, session_maker
@@ -64,6 +65,9 @@ class WinBack(Journey):
     async def story(self) -> None:
         await self.wait(minutes=1)
 
+
+#: Typed as the toolkit base: routing reads only what every `Journey` declares.
+FLOWS_UNDER_TEST: list[type[Journey]] = [WinBack]
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -105,7 +109,7 @@ async def test_a_contact_lapses_without_an_event_and_its_flow_starts(
     engine = create_engine(settings.database_url)
     sessions = session_maker(engine)
     email = EmailActivities(sessions, SmtpSender(settings.smtp_host, settings.smtp_port), settings)
-    refresh = SegmentActivities(sessions, temporal, settings, flows=[WinBack])
+    refresh = SegmentActivities(EventRouter(sessions, temporal, settings, FLOWS_UNDER_TEST))
     since = utcnow()
     try:
         async with build_worker(temporal, settings, email, flows=[WinBack], segments=refresh):
@@ -193,7 +197,7 @@ async def test_the_schedule_is_created_then_updated_and_runs_the_refresh(
     engine = create_engine(second.database_url)
     sessions = session_maker(engine)
     email = EmailActivities(sessions, SmtpSender(second.smtp_host, second.smtp_port), second)
-    refresh = SegmentActivities(sessions, client, second, flows=[])
+    refresh = SegmentActivities(EventRouter(sessions, client, second, []))
     async with sessions.begin() as session:  # as `worker.py` does at start
         await sg.ensure_builtin_segments(session, utcnow())
     try:

@@ -15,6 +15,7 @@ from temporalio.testing import WorkflowEnvironment
 from conftest import open_stack
 from nudge.dev.mailcatcher import MailCatcher
 from nudge.journeys.contracts import JourneyInput, JourneyState, JourneyStatus
+from nudge.journeys.search_attributes import start_search_attributes
 from nudge.mail import context as personalize
 from nudge.storage.models import Coupon
 from support import (
@@ -28,7 +29,6 @@ from support import (
     record_history,
 )
 from workflows.cart_abandonment import CartAbandonment
-from workflows.journey import start_search_attributes
 from workflows.post_purchase import PostPurchase
 from workflows.welcome import Welcome
 
@@ -145,8 +145,9 @@ async def test_order_that_never_reached_the_journey_still_stops_the_discount(
 ) -> None:
     """welcome_2 re-checks the database: an order whose signal was lost still converts."""
     from nudge.contacts import directory
+    from nudge.events import log as event_log
     from nudge.events import schemas as ev
-    from nudge.intake import event_log, projection
+    from nudge.intake import projection
 
     email = new_email()
     wid = await subscribe(stack, email)

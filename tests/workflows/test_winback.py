@@ -12,8 +12,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from conftest import open_stack
 from nudge.dev.mailcatcher import MailCatcher
+from nudge.events import log as event_log
 from nudge.events import schemas as ev
-from nudge.intake import event_log, projection
+from nudge.intake import projection
 from nudge.journeys.contracts import JourneyStatus
 from nudge.storage.models import Coupon, utcnow
 from support import (

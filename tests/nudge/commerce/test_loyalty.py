@@ -14,8 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from nudge.commerce import loyalty
 from nudge.contacts import directory
+from nudge.events import log as event_log
 from nudge.events import schemas as ev
-from nudge.intake import event_log, projection
+from nudge.intake import projection
 from nudge.settings import Settings
 from nudge.storage.models import Contact, LoyaltyEntry, Order
 from support import new_email, new_id

@@ -1,12 +1,15 @@
-"""From store event to journeys: store it once, fold it into the store's data, route it.
+"""The routing service: from store event to journeys. Store it once, fold it into the store's
+data, route it. The one place that starts and signals journeys: the API's events, the link pages
+(unsubscribe, confirm), provider feedback, the catalogue and the scheduled segment refresh all go
+through an `EventRouter`, built once by the API (`api.deps.RouterDep`) and once by the worker.
 
-Routing is generic over the flows in `workflows.FLOWS`: a flow's trigger events start (or feed) a
+Routing is generic over the flows it is given (`workflows.FLOWS` in the API and the worker): a flow's trigger events start (or feed) a
 journey by signal-with-start under a deterministic workflow id, and its exit-goal events signal
 the contact's open journeys of that flow. An event is marked routed only after Temporal accepted
 it, so a client retrying after a crash gets its event routed rather than silently dropped.
 
 Each new event also recomputes the contact's segment memberships, in the event's transaction
-(`nudge.segments.refresh_contact`). Entering a segment that a flow lists in `segment_triggers`
+(`nudge.segments.membership.refresh_contact`). Entering a segment that a flow lists in `segment_triggers`
 starts that flow's journey for the contact, keyed by the segment id; the entry stays unrouted in
 `segment_changes` until Temporal has the journey, so a crash in between only delays it.
 """
@@ -14,9 +17,10 @@ starts that flow's journey for the contact, keyed by the segment id; the entry s
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -24,23 +28,36 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from nudge import segments
+from nudge.commerce import catalog
 from nudge.contacts import consent, directory
+from nudge.events import log as event_log
 from nudge.events import schemas as ev
-from nudge.intake import event_log, projection
+from nudge.intake import projection
 from nudge.journeys import records
-from nudge.journeys.contracts import JourneyEvent, JourneyInput, workflow_id
+from nudge.journeys.contracts import JourneyEvent, JourneyInput, JourneyStatus, workflow_id
+from nudge.journeys.reentry import Reentry
+from nudge.journeys.search_attributes import start_search_attributes
 from nudge.settings import Settings
 from nudge.storage.models import utcnow
-from workflows import FLOWS
-from workflows.journey import Journey, start_search_attributes
 
 log = logging.getLogger(__name__)
+
+#: Derived catalogue events routed per transaction.
+CATALOG_CHUNK = 100
 
 
 class EventResult(BaseModel):
     id: str
     status: Literal["accepted", "duplicate"]
     journeys: list[str] = []
+
+
+@dataclass
+class CatalogRouting:
+    """What routing a catalogue change did: events routed by type, journeys touched."""
+
+    counts: dict[str, int]
+    journeys: list[str] = field(default_factory=list)
 
 
 class IngestResult(BaseModel):
@@ -69,18 +86,36 @@ def journey_event(event: ev.StoreEventIn) -> JourneyEvent:
     )
 
 
-class Ingestor:
+class Flow(Protocol):
+    """What routing reads of a flow: the class attributes and routing hooks of
+    `workflows.journey.Journey`, which every flow extends."""
+
+    flow: ClassVar[str]
+    triggers: ClassVar[tuple[str, ...]]
+    listens: ClassVar[tuple[str, ...]]
+    segment_triggers: ClassVar[tuple[str, ...]]
+    exit_goals: ClassVar[Mapping[str, JourneyStatus]]
+    reentry: ClassVar[Reentry]
+
+    @classmethod
+    def journey_key(cls, event: ev.StoreEventIn) -> str | None: ...
+
+    @classmethod
+    def should_start(cls, event: ev.StoreEventIn) -> bool: ...
+
+
+class EventRouter:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
         client: Client,
         settings: Settings,
-        flows: Sequence[type[Journey]] = FLOWS,
+        flows: Sequence[type[Flow]],
     ) -> None:
         self.sessions, self.client, self.settings = sessions, client, settings
         self.flows = tuple(flows)
         #: Segment ids whose entries start journeys, and the flows each one starts.
-        self.segment_flows: dict[str, list[type[Journey]]] = {}
+        self.segment_flows: dict[str, list[type[Flow]]] = {}
         for flow in self.flows:
             for segment_id in flow.segment_triggers:
                 self.segment_flows.setdefault(segment_id, []).append(flow)
@@ -190,6 +225,26 @@ class Ingestor:
             await segments.mark_routed(session, [e.change_id for e in entries], utcnow())
         return journeys
 
+    async def route_catalog_changes(self, product_ids: Sequence[str]) -> CatalogRouting:
+        """Route the events a catalogue change raised about these products (`back_in_stock`,
+        `price_dropped`), `CATALOG_CHUNK` at a time, each chunk marked routed only once
+        Temporal has every journey of it: a crash in between leaves them for the retry (starts
+        and signals are idempotent)."""
+        routed = CatalogRouting(counts=dict.fromkeys(catalog.DERIVED_TYPES, 0))
+        while True:
+            async with self.sessions() as session:
+                batch = await catalog.pending(session, product_ids, limit=CATALOG_CHUNK)
+            if not batch:
+                return routed
+            started: list[dict[str, Any]] = []
+            for contact_id, event in batch:
+                routed.journeys += await self.route(event, contact_id, started)
+                routed.counts[event.type] += 1
+            async with self.sessions.begin() as session:
+                await self._record(session, started)
+                for _, event in batch:
+                    await event_log.mark_routed(session, event.id)
+
     async def _start_entries(
         self, entries: Sequence[segments.MembershipChange], started: list[dict[str, Any]]
     ) -> list[str]:
@@ -213,7 +268,7 @@ class Ingestor:
 
     async def _start(
         self,
-        flow: type[Journey],
+        flow: type[Flow],
         wid: str,
         contact_id: int,
         key: str,
