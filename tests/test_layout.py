@@ -114,7 +114,9 @@ def test_the_layer_contract_fails_on_an_arrow_that_points_up(tmp_path: Path) -> 
     tree.mkdir()
     shutil.copy(ROOT / "pyproject.toml", tree)
     for package in PACKAGES:
-        shutil.copytree(ROOT / package, tree / package, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            ROOT / package, tree / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
     assert lint_imports(tree).returncode == 0, "the copied tree already breaks the contract"
 
     # Storage reaching up into the mail room: the kind of arrow that grows into a cycle.

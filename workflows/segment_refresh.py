@@ -13,6 +13,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
+    from activities.segments import SegmentActivities
     from nudge.journeys.contracts import SegmentRefreshInput, SegmentRefreshResult
 
 SCHEDULE_ID = "nudge-segment-refresh"
@@ -27,15 +28,11 @@ class SegmentRefresh:
     @workflow.run
     async def run(self, job: SegmentRefreshInput) -> SegmentRefreshResult:
         now = job.now or workflow.now()
-        # By name: the activity module routes journeys through the API's code, which imports
-        # every flow, this package included.
-        result: SegmentRefreshResult = await workflow.execute_activity(
-            "refresh_time_based_segments",
+        return await workflow.execute_activity_method(
+            SegmentActivities.refresh_time_based_segments,
             SegmentRefreshInput(now=now),
-            result_type=SegmentRefreshResult,
             start_to_close_timeout=REFRESH_TIMEOUT,
             heartbeat_timeout=REFRESH_HEARTBEAT,
             retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=5)),
             summary="refresh time-based segments",
         )
-        return result
