@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import uuid
@@ -28,7 +29,7 @@ from nudge.journeys.contracts import JourneyState, SegmentRefreshInput, SegmentR
 from nudge.journeys.routing import EventRouter
 from nudge.mail import tracking
 from nudge.settings import Settings
-from nudge.storage.models import JourneyRecord, Message, utcnow
+from nudge.storage.models import JourneyRecord, Message, MessageStatus, utcnow
 from workflows import FLOWS
 from workflows.journey import Journey
 
@@ -202,6 +203,19 @@ class Stack:
                 .order_by(Message.created_at)
             )
             return list(rows)
+
+    async def sent(self, workflow_id: str, step: str, *, within: float = 60.0) -> None:
+        """Wait (bounded) until the journey's `step` email is logged as sent: a test that changes
+        the world after a step must not race the step's activity on a loaded machine."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while not any(
+            m.step == step and m.status == MessageStatus.SENT
+            for m in await self.messages(workflow_id)
+        ):
+            if loop.time() > deadline:
+                raise TimeoutError(f"{step} of {workflow_id} not sent within {within} s")
+            await asyncio.sleep(0.05)
 
     def mail_to(self, email: str) -> list[CaughtMessage]:
         return [m for m in self.mail.messages if email in m.rcpt_tos]

@@ -83,13 +83,12 @@ def test_nothing_imports_the_api_or_the_worker() -> None:
         if path.is_relative_to(ROOT / "api") or path == ROOT / "worker.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            names = (
-                [node.module or ""]
-                if isinstance(node, ast.ImportFrom)
-                else [a.name for a in node.names]
-                if isinstance(node, ast.Import)
-                else []
-            )
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
             offenders += [
                 f"{path.relative_to(ROOT)}:{node.lineno} imports {name}"
                 for name in names

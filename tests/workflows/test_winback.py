@@ -130,6 +130,7 @@ async def test_an_order_that_never_reached_the_journey_still_stops_it(stack: Sta
     """`no_order_since_start` re-checks the database before each rung."""
     email = new_email()
     cid, wid = await lapsed(stack, email)
+    await stack.sent(wid, "winback_1")  # the first rung goes out at once, before the order
     # Stored and applied but never routed (the API died before signalling), placed after the
     # journey started (on the test server's clock, ahead of the wall clock by skipped time).
     placed = await stack.env.get_current_time() + timedelta(days=1)
