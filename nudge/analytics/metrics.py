@@ -28,6 +28,9 @@ from typing import Any, Literal
 from sqlalchemy import (
     ColumnElement,
     Numeric,
+    RowMapping,
+    Select,
+    Subquery,
     and_,
     case,
     cast,
@@ -179,6 +182,50 @@ async def figures(
     by: Sequence[Dimension] = (),
 ) -> list[Row]:
     """One row of figures per group of `by` (a single row for no grouping)."""
+    scope = _scope(period, flow=flow, step=step, segment=segment)
+    in_scope = select(Message.message_id).where(*scope)
+    events = _events_per_message(in_scope)
+    orders = _orders_per_message(session, settings, scope, in_scope)
+    columns: dict[str, Any] = {
+        "flow": Message.flow,
+        "step": Message.step,
+        "variant": Message.variant,
+        "day": _day(session, Message.sent_at),
+    }
+    keys = [columns[name].label(name) for name in by]
+    query = (
+        select(
+            *keys,
+            func.count().label("sent"),
+            _total(events.c.bounced).label("bounced"),
+            _total(events.c.opened).label("opens"),
+            _total(events.c.clicked).label("clicks"),
+            _total(events.c.m_opened).label("machine_opens"),
+            _total(events.c.m_clicked).label("machine_clicks"),
+            _total(orders.c.orders).label("conversions"),
+            _total(case((orders.c.orders > 0, 1), else_=0)).label("converted"),
+            cast(_total(orders.c.revenue), Numeric(14, 2)).label("revenue"),
+            _total(events.c.unsubscribed).label("unsubscribes"),
+            _total(events.c.complained).label("complaints"),
+        )
+        .select_from(Message)
+        .outerjoin(events, events.c.message_id == Message.message_id)
+        .outerjoin(orders, orders.c.message_id == Message.message_id)
+        .where(*scope)
+    )
+    if keys:
+        query = query.group_by(*keys).order_by(*keys)
+    result = await session.execute(query)
+    rows = [_row(row, by) for row in result.mappings()]
+    if not by and rows and rows[0].figures.sent == 0:
+        return [Row({}, Figures())]
+    return rows
+
+
+def _scope(
+    period: Period, *, flow: str | None, step: str | None, segment: str | None
+) -> list[ColumnElement[bool]]:
+    """The conditions on `messages` that select the messages a report covers."""
     scope = [Message.status == MessageStatus.SENT, Message.sent_at.is_not(None)]
     if period.start is not None:
         scope.append(Message.sent_at >= period.start)
@@ -191,10 +238,13 @@ async def figures(
     if segment is not None:
         members = select(SegmentMember.contact_id).where(SegmentMember.segment_id == segment)
         scope.append(Message.contact_id.in_(members))
-    in_scope = select(Message.message_id).where(*scope)
+    return scope
 
+
+def _events_per_message(in_scope: Select[Any]) -> Subquery:
+    """One row per message in scope with events: 1/0 flags for what happened to it."""
     human = MessageEvent.machine == false()
-    events = (
+    return (
         select(
             MessageEvent.message_id.label("message_id"),
             _flag(and_(human, MessageEvent.kind.in_(("open", "click")))).label("opened"),
@@ -209,12 +259,21 @@ async def figures(
         .group_by(MessageEvent.message_id)
         .subquery("per_message_events")
     )
+
+
+def _orders_per_message(
+    session: AsyncSession,
+    settings: Settings,
+    scope: Sequence[ColumnElement[bool]],
+    in_scope: Select[Any],
+) -> Subquery:
+    """One row per message in scope with attributed orders: how many, and their revenue."""
     # Only orders that can be these messages': their contacts', placed after the first send.
     first_send = select(func.min(Message.sent_at)).where(*scope).scalar_subquery()
     attributed = attributed_orders(
         session, settings, first_send, contacts=select(Message.contact_id).where(*scope)
     )
-    orders = (
+    return (
         select(
             attributed.c.message_id,
             func.count().label("orders"),
@@ -224,49 +283,17 @@ async def figures(
         .group_by(attributed.c.message_id)
         .subquery("per_message_orders")
     )
-    columns: dict[str, Any] = {
-        "flow": Message.flow,
-        "step": Message.step,
-        "variant": Message.variant,
-        "day": _day(session, Message.sent_at),
-    }
-    keys = [columns[name].label(name) for name in by]
 
-    def total(column: Any) -> ColumnElement[Any]:
-        return func.coalesce(func.sum(column), 0)
 
-    query = (
-        select(
-            *keys,
-            func.count().label("sent"),
-            total(events.c.bounced).label("bounced"),
-            total(events.c.opened).label("opens"),
-            total(events.c.clicked).label("clicks"),
-            total(events.c.m_opened).label("machine_opens"),
-            total(events.c.m_clicked).label("machine_clicks"),
-            total(orders.c.orders).label("conversions"),
-            total(case((orders.c.orders > 0, 1), else_=0)).label("converted"),
-            cast(total(orders.c.revenue), Numeric(14, 2)).label("revenue"),
-            total(events.c.unsubscribed).label("unsubscribes"),
-            total(events.c.complained).label("complaints"),
-        )
-        .select_from(Message)
-        .outerjoin(events, events.c.message_id == Message.message_id)
-        .outerjoin(orders, orders.c.message_id == Message.message_id)
-        .where(*scope)
-    )
-    if keys:
-        query = query.group_by(*keys).order_by(*keys)
-    result = await session.execute(query)
-    rows = []
-    for row in result.mappings():
-        values: dict[str, str | None] = {name: row[name] for name in by}
-        count = {name: int(row[name] or 0) for name in _COUNTS}
-        revenue = Decimal(str(row["revenue"] or 0)).quantize(CENT, ROUND_HALF_UP)
-        rows.append(Row(values, Figures(**count, revenue=revenue)))
-    if not by and rows and rows[0].figures.sent == 0:
-        return [Row({}, Figures())]
-    return rows
+def _total(column: Any) -> ColumnElement[Any]:
+    return func.coalesce(func.sum(column), 0)
+
+
+def _row(row: RowMapping, by: Sequence[Dimension]) -> Row:
+    values: dict[str, str | None] = {name: row[name] for name in by}
+    count = {name: int(row[name] or 0) for name in _COUNTS}
+    revenue = Decimal(str(row["revenue"] or 0)).quantize(CENT, ROUND_HALF_UP)
+    return Row(values, Figures(**count, revenue=revenue))
 
 
 _COUNTS = (

@@ -15,13 +15,12 @@ import secrets
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nudge.settings import Settings
-from nudge.storage.db import insert_for
+from nudge.storage.db import insert_for, rowcount
 from nudge.storage.models import Coupon, CouponAttempt, Order, utcnow
 
 ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
@@ -46,11 +45,6 @@ class Refusal(enum.StrEnum):
 
 class CouponCollision(Exception):
     """Fresh codes kept colliding with existing ones: the code space is exhausted."""
-
-
-def _rowcount(result: Any) -> int:
-    # DML results are CursorResults; the generic Result type does not declare rowcount.
-    return int(result.rowcount)
 
 
 def new_code(prefix: str) -> str:
@@ -114,7 +108,7 @@ async def issue(
             # concurrent issue won: return its code).
             .on_conflict_do_nothing()
         )
-        if _rowcount(await session.execute(stmt)):
+        if rowcount(await session.execute(stmt)):
             coupon = await _get(session, code)
             assert coupon is not None
             return coupon
@@ -165,27 +159,9 @@ async def redeem(
         .with_for_update()
         .execution_options(populate_existing=True)
     )
-    reason: Refusal | None = None
-    if coupon is None:
-        reason = Refusal.UNKNOWN
-    elif coupon.contact_id != contact_id:
-        reason = Refusal.OTHER_CONTACT
-    elif coupon.redeemed_order_id not in (None, order_id):
-        reason = Refusal.ALREADY_USED
-    elif placed_at >= coupon.expires_at:
-        reason = Refusal.EXPIRED
-    elif coupon.kind == CouponKind.AMOUNT and coupon.currency != currency:
-        reason = Refusal.CURRENCY
-    elif coupon.redeemed_order_id is None:
-        # Guarded by the row lock on PostgreSQL and by this condition everywhere: of two orders
-        # racing for one code, only one redeems it.
-        claimed = await session.execute(
-            update(Coupon)
-            .where(Coupon.code == code, Coupon.redeemed_at.is_(None))
-            .values(redeemed_at=placed_at, redeemed_order_id=order_id)
-        )
-        if not _rowcount(claimed):
-            reason = Refusal.ALREADY_USED
+    reason = await _claim(
+        session, coupon, order_id=order_id, contact_id=contact_id, currency=currency, at=placed_at
+    )
     discount = (
         discount_amount(coupon, subtotal) if coupon is not None and reason is None else Decimal(0)
     )
@@ -209,6 +185,40 @@ async def redeem(
     attempt = await _attempt(session, code, order_id)
     assert attempt is not None
     return attempt
+
+
+async def _claim(
+    session: AsyncSession,
+    coupon: Coupon | None,
+    *,
+    order_id: str,
+    contact_id: int,
+    currency: str,
+    at: datetime,
+) -> Refusal | None:
+    """Mark `coupon` redeemed by the order, or the reason it may not be (nothing is changed
+    then). None also when the order had already redeemed it."""
+    if coupon is None:
+        return Refusal.UNKNOWN
+    if coupon.contact_id != contact_id:
+        return Refusal.OTHER_CONTACT
+    if coupon.redeemed_order_id not in (None, order_id):
+        return Refusal.ALREADY_USED
+    if at >= coupon.expires_at:
+        return Refusal.EXPIRED
+    if coupon.kind == CouponKind.AMOUNT and coupon.currency != currency:
+        return Refusal.CURRENCY
+    if coupon.redeemed_order_id is None:
+        # Guarded by the row lock on PostgreSQL and by this condition everywhere: of two orders
+        # racing for one code, only one redeems it.
+        claimed = await session.execute(
+            update(Coupon)
+            .where(Coupon.code == coupon.code, Coupon.redeemed_at.is_(None))
+            .values(redeemed_at=at, redeemed_order_id=order_id)
+        )
+        if not rowcount(claimed):
+            return Refusal.ALREADY_USED
+    return None
 
 
 async def _attempt(session: AsyncSession, code: str, order_id: str) -> CouponAttempt | None:

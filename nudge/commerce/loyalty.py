@@ -16,13 +16,12 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nudge.settings import Settings
-from nudge.storage.db import insert_for
+from nudge.storage.db import insert_for, rowcount
 from nudge.storage.models import Contact, LoyaltyEntry, Order
 
 EARNED = "order"
@@ -60,10 +59,6 @@ def points_for(total: Decimal, tier: str | None, settings: Settings) -> int:
     return math.floor(total * settings.loyalty_points_per_unit * multiplier)
 
 
-def _rowcount(result: Any) -> int:
-    return int(result.rowcount)
-
-
 async def on_order(
     session: AsyncSession,
     settings: Settings,
@@ -88,7 +83,7 @@ async def on_order(
         )
         .on_conflict_do_nothing(index_elements=["order_id", "reason"])
     )
-    if not _rowcount(await session.execute(entry)):
+    if not rowcount(await session.execute(entry)):
         return None  # a replay: earned before
     return await _retier(session, settings, contact, at)
 
@@ -114,7 +109,7 @@ async def on_refund(
         .values(contact_id=contact_id, order_id=order_id, points=-earned, reason=REVERSED, at=at)
         .on_conflict_do_nothing(index_elements=["order_id", "reason"])
     )
-    if not _rowcount(await session.execute(reversal)):
+    if not rowcount(await session.execute(reversal)):
         return None
     return await _retier(session, settings, contact, at)
 

@@ -132,41 +132,8 @@ async def insert_order(
     )
     if not rowcount(await session.execute(stmt)):
         return None
-    if order.lines:
-        await session.execute(
-            insert_for(session, OrderLine).values(
-                [
-                    {
-                        "order_id": order.id,
-                        "position": i,
-                        **line.model_dump(exclude={"category"}),
-                    }
-                    for i, line in enumerate(order.lines)
-                ]
-            )
-        )
-        await upsert_products(
-            session,
-            [
-                {"id": line.product_id, "title": line.title, "category": line.category}
-                for line in order.lines
-            ],
-        )
-    # Only Nudge's own codes are checked: a store's other codes (SUMMER10) are none of our
-    # business, while a code with our prefix that we never issued is flagged as refused.
-    if order.discount_code and coupons.normalise(order.discount_code).startswith(
-        f"{coupons.normalise(settings.coupon_prefix)}-"
-    ):
-        subtotal = sum((line.price * line.quantity for line in order.lines), start=Decimal(0))
-        await coupons.redeem(
-            session,
-            code=order.discount_code,
-            order_id=order.id,
-            contact_id=contact_id,
-            subtotal=subtotal if order.lines else order.total,
-            currency=order.currency,
-            placed_at=placed_at,
-        )
+    await _insert_lines(session, order)
+    await _apply_discount_code(session, order, contact_id, placed_at, settings)
     return await loyalty.on_order(
         session,
         settings,
@@ -174,6 +141,56 @@ async def insert_order(
         order_id=order.id,
         total=order.total,
         at=placed_at,
+    )
+
+
+async def _insert_lines(session: AsyncSession, order: ev.OrderIn) -> None:
+    """The new order's lines, and what they teach about the products in them."""
+    if not order.lines:
+        return
+    await session.execute(
+        insert_for(session, OrderLine).values(
+            [
+                {
+                    "order_id": order.id,
+                    "position": i,
+                    **line.model_dump(exclude={"category"}),
+                }
+                for i, line in enumerate(order.lines)
+            ]
+        )
+    )
+    await upsert_products(
+        session,
+        [
+            {"id": line.product_id, "title": line.title, "category": line.category}
+            for line in order.lines
+        ],
+    )
+
+
+async def _apply_discount_code(
+    session: AsyncSession,
+    order: ev.OrderIn,
+    contact_id: int,
+    placed_at: datetime,
+    settings: Settings,
+) -> None:
+    # Only Nudge's own codes are checked: a store's other codes (SUMMER10) are none of our
+    # business, while a code with our prefix that we never issued is flagged as refused.
+    if not order.discount_code or not coupons.normalise(order.discount_code).startswith(
+        f"{coupons.normalise(settings.coupon_prefix)}-"
+    ):
+        return
+    subtotal = sum((line.price * line.quantity for line in order.lines), start=Decimal(0))
+    await coupons.redeem(
+        session,
+        code=order.discount_code,
+        order_id=order.id,
+        contact_id=contact_id,
+        subtotal=subtotal if order.lines else order.total,
+        currency=order.currency,
+        placed_at=placed_at,
     )
 
 

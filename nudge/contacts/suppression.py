@@ -14,12 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from nudge.storage.db import insert_for, rowcount
 from nudge.storage.models import (
     Consent,
     Contact,
@@ -38,11 +37,6 @@ BLOCKS_ALL = frozenset({"hard_bounce", "complaint"})
 TOPICS = ("newsletters", "promotions", "sms")
 DEFAULT_TOPIC = "promotions"
 SOFT_BOUNCE_LIMIT = 7
-
-
-def _insert(session: AsyncSession, model: type[Any]) -> Any:
-    name = session.get_bind().dialect.name
-    return (sqlite.insert if name == "sqlite" else postgresql.insert)(model)
 
 
 async def skip_reason(
@@ -85,7 +79,7 @@ async def add(
     if reason not in REASONS:
         raise ValueError(f"unknown suppression reason {reason!r}")
     stmt = (
-        _insert(session, Suppression)
+        insert_for(session, Suppression)
         .values(
             contact_id=contact.id,
             email=contact.email,
@@ -96,16 +90,14 @@ async def add(
         )
         .on_conflict_do_nothing(index_elements=["contact_id", "reason"])
     )
-    result: Any = await session.execute(stmt)
-    return bool(result.rowcount and result.rowcount > 0)
+    return rowcount(await session.execute(stmt)) > 0
 
 
 async def remove(session: AsyncSession, contact_id: int, reason: str | None = None) -> int:
     stmt = delete(Suppression).where(Suppression.contact_id == contact_id)
     if reason is not None:
         stmt = stmt.where(Suppression.reason == reason)
-    result: Any = await session.execute(stmt)
-    return int(result.rowcount or 0)
+    return rowcount(await session.execute(stmt))
 
 
 async def of_contact(session: AsyncSession, contact_id: int) -> list[Suppression]:
@@ -140,7 +132,7 @@ async def set_topics(session: AsyncSession, contact_id: int, chosen: set[str]) -
     """Store the preference page's choice: every topic in `chosen` on, every other one off."""
     now = utcnow()
     for topic in TOPICS:
-        stmt = _insert(session, TopicPreference).values(
+        stmt = insert_for(session, TopicPreference).values(
             contact_id=contact_id, topic=topic, subscribed=topic in chosen, updated_at=now
         )
         await session.execute(
@@ -186,12 +178,12 @@ async def record_feedback(session: AsyncSession, feedback: Feedback) -> Outcome:
         return Outcome(None, None)
     if feedback.report_id is not None:
         report_id = f"{feedback.source}:{feedback.report_id}:{email}"[:255]
-        inserted: Any = await session.execute(
-            _insert(session, ProviderReport)
+        inserted = await session.execute(
+            insert_for(session, ProviderReport)
             .values(id=report_id, received_at=utcnow())
             .on_conflict_do_nothing(index_elements=["id"])
         )
-        if not inserted.rowcount:
+        if not rowcount(inserted):
             return Outcome(contact.id, None)  # a redelivery: applied already
     at = feedback.at or utcnow()
     mid = (feedback.message_id or "").strip().strip("<>")

@@ -15,7 +15,7 @@ import traceback
 from asyncio.subprocess import Process
 from dataclasses import dataclass, field
 
-from nudge.settings import get_settings
+from nudge.settings import Settings, get_settings
 from nudge.storage.db import migrate
 
 HOST = "127.0.0.1"
@@ -144,16 +144,7 @@ async def run() -> int:
     settings = get_settings()
     _, _, port_text = settings.temporal_address.rpartition(":")
     temporal_port = int(port_text) if port_text.isdigit() else 7233
-    ports = {
-        "Temporal gRPC": temporal_port,
-        "Temporal UI": TEMPORAL_UI_PORT,
-        "API": API_PORT,
-        "SMTP (mail catcher)": settings.smtp_port,
-        "mail catcher web": MAIL_WEB_PORT,
-    }
-    busy = [f"{name} port {port}" for name, port in ports.items() if not port_is_free(port)]
-    if busy:
-        raise StackError(f"cannot start, already in use: {', '.join(busy)} (another `make run`?)")
+    check_ports_free(settings, temporal_port)
 
     temporal_args = ["--port", str(temporal_port), "--ui-port", str(TEMPORAL_UI_PORT)]
     temporal = Child("temporal", python("-m", "nudge.dev.temporal_dev", *temporal_args))
@@ -171,13 +162,7 @@ async def run() -> int:
         started.append(temporal)
         await wait_for_port(temporal, temporal_port, stopping)
         if not stopping.is_set():
-            print("[devstack] migrating the database", flush=True)
-            try:
-                # Alembic's env.py runs an event loop of its own, which cannot nest in ours.
-                await asyncio.to_thread(migrate, settings.database_url)
-            except Exception as err:
-                traceback.print_exc()
-                raise StackError(f"database migration failed ({err!r}); stopped the rest") from err
+            await migrate_database(settings)
         for child in (mail, worker, api):
             if stopping.is_set():
                 break
@@ -185,23 +170,50 @@ async def run() -> int:
             started.append(child)
         else:
             print(banner(settings.api_key), flush=True)
-
-        waits = {asyncio.create_task(c.process.wait()): c for c in started if c.process}
-        stop_wait = asyncio.create_task(stopping.wait())
-        done, _ = await asyncio.wait([stop_wait, *waits], return_when=asyncio.FIRST_COMPLETED)
-        for task in [stop_wait, *waits]:
-            task.cancel()
-        if stop_wait in done:
-            print("[devstack] stopping", flush=True)
-            return 0
-        exited = waits[done.pop()]
-        assert exited.process is not None
-        code = exited.process.returncode
-        raise StackError(f"{exited.name} exited unexpectedly with code {code}; stopped the rest")
+        return await wait_for_stop(started, stopping)
     finally:
         # The API and worker go first, while the Temporal server they talk to is still up.
         await asyncio.gather(*(stop(c) for c in started if c is not temporal))
         await stop(temporal)
+
+
+def check_ports_free(settings: Settings, temporal_port: int) -> None:
+    ports = {
+        "Temporal gRPC": temporal_port,
+        "Temporal UI": TEMPORAL_UI_PORT,
+        "API": API_PORT,
+        "SMTP (mail catcher)": settings.smtp_port,
+        "mail catcher web": MAIL_WEB_PORT,
+    }
+    busy = [f"{name} port {port}" for name, port in ports.items() if not port_is_free(port)]
+    if busy:
+        raise StackError(f"cannot start, already in use: {', '.join(busy)} (another `make run`?)")
+
+
+async def migrate_database(settings: Settings) -> None:
+    print("[devstack] migrating the database", flush=True)
+    try:
+        # Alembic's env.py runs an event loop of its own, which cannot nest in ours.
+        await asyncio.to_thread(migrate, settings.database_url)
+    except Exception as err:
+        traceback.print_exc()
+        raise StackError(f"database migration failed ({err!r}); stopped the rest") from err
+
+
+async def wait_for_stop(started: list[Child], stopping: asyncio.Event) -> int:
+    """0 once asked to stop (Ctrl-C); a StackError as soon as a child exits on its own."""
+    waits = {asyncio.create_task(c.process.wait()): c for c in started if c.process}
+    stop_wait = asyncio.create_task(stopping.wait())
+    done, _ = await asyncio.wait([stop_wait, *waits], return_when=asyncio.FIRST_COMPLETED)
+    for task in [stop_wait, *waits]:
+        task.cancel()
+    if stop_wait in done:
+        print("[devstack] stopping", flush=True)
+        return 0
+    exited = waits[done.pop()]
+    assert exited.process is not None
+    code = exited.process.returncode
+    raise StackError(f"{exited.name} exited unexpectedly with code {code}; stopped the rest")
 
 
 def main() -> None:

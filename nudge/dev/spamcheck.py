@@ -11,6 +11,7 @@ new template that needs more context than `sample_context` gives must add it the
 
 from __future__ import annotations
 
+import copy
 import re
 import shutil
 import subprocess
@@ -46,11 +47,86 @@ def shipped_templates(directory: Path = TEMPLATES) -> list[str]:
     return sorted(p.stem for p in directory.glob("*.subject") if not p.stem.startswith("_"))
 
 
+# The sample contact (with their loyalty standing), as of a fixed moment.
+SAMPLE_NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+SAMPLE_CONTACT: dict[str, Any] = {
+    "first_name": "Ana",
+    "last_name": "Silva",
+    "email": "ana.silva@example.com",
+    "timezone": "Europe/Lisbon",
+    "locale": "en",
+    "properties": {"birthday": "1990-04-02"},
+}
+SAMPLE_LOYALTY: dict[str, Any] = {
+    "tier": "silver",
+    "points": 640,
+    "lifetime_spend": Decimal(640),
+    "next_tier": "gold",
+    "spend_to_next_tier": Decimal(860),
+}
+
+
 def sample_context(settings: Settings, name: str) -> dict[str, Any]:
-    """Everything a shipped template may use, for a plausible contact, cart, order and product."""
-    now = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+    """Everything a shipped template may use, for a plausible contact, cart, order and product.
+    Each call builds it afresh: a caller may change what it gets."""
     base = settings.public_url.rstrip("/")
-    lines = [
+    marketing = name not in NOT_MARKETING
+    recommendations = _sample_recommendations(base)
+    return {
+        "contact": copy.deepcopy(SAMPLE_CONTACT),
+        "store": {
+            "name": settings.store_name,
+            "address": settings.store_address,
+            "url": settings.public_url,
+            "logo_url": settings.store_logo_url,
+        },
+        "segments": frozenset({"customers"}),
+        "is_vip": False,
+        "loyalty": dict(SAMPLE_LOYALTY),
+        "message_id": f"sample.{name}@{settings.from_domain}",
+        "now": SAMPLE_NOW,
+        "unsubscribe_url": f"{base}/u/sample-token" if marketing else None,
+        "confirm_url": f"{base}/c/sample-token",
+        "product": _sample_product(base, name),
+        "recommendations": recommendations,
+        "alternatives": recommendations,
+        **_sample_orders(base),
+    }
+
+
+def _sample_product(base: str, name: str) -> dict[str, Any]:
+    """The product of a product flow (browse abandonment, back in stock, price drop)."""
+    return {
+        "id": "p4",
+        "title": "Merino wool sweater",
+        "url": f"{base}/p/p4",
+        "image_url": f"{base}/img/p4.jpg",
+        "price": Decimal("69.00"),
+        "currency": "EUR",
+        "in_stock": True,
+        "category": "knitwear",
+        "old_price": Decimal("89.00") if name.startswith("price_drop") else None,
+    }
+
+
+def _sample_recommendations(base: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "product_id": "p3",
+            "title": "Cotton scarf",
+            "url": f"{base}/p/p3",
+            "image_url": f"{base}/img/p3.jpg",
+            "price": Decimal("29.00"),
+            "currency": "EUR",
+            "category": "accessories",
+            "strategy": "bought_together",
+        }
+    ]
+
+
+def _sample_lines(base: str) -> list[dict[str, Any]]:
+    """The lines of the sample cart, which the sample orders share."""
+    return [
         {
             "product_id": "p1",
             "title": "Linen shirt",
@@ -68,59 +144,13 @@ def sample_context(settings: Settings, name: str) -> dict[str, Any]:
             "url": f"{base}/p/p2",
         },
     ]
-    products = [
-        {
-            "product_id": "p3",
-            "title": "Cotton scarf",
-            "url": f"{base}/p/p3",
-            "image_url": f"{base}/img/p3.jpg",
-            "price": Decimal("29.00"),
-            "currency": "EUR",
-            "category": "accessories",
-            "strategy": "bought_together",
-        }
-    ]
-    marketing = name not in NOT_MARKETING
-    # The product of a product flow (browse abandonment, back in stock, price drop).
-    product = {
-        "id": "p4",
-        "title": "Merino wool sweater",
-        "url": f"{base}/p/p4",
-        "image_url": f"{base}/img/p4.jpg",
-        "price": Decimal("69.00"),
-        "currency": "EUR",
-        "in_stock": True,
-        "category": "knitwear",
-        "old_price": Decimal("89.00") if name.startswith("price_drop") else None,
-    }
+
+
+def _sample_orders(base: str) -> dict[str, Any]:
+    """The cart, the last and the current order, and the coupon offered."""
+    now = SAMPLE_NOW
+    lines = _sample_lines(base)
     return {
-        "contact": {
-            "first_name": "Ana",
-            "last_name": "Silva",
-            "email": "ana.silva@example.com",
-            "timezone": "Europe/Lisbon",
-            "locale": "en",
-            "properties": {"birthday": "1990-04-02"},
-        },
-        "store": {
-            "name": settings.store_name,
-            "address": settings.store_address,
-            "url": settings.public_url,
-            "logo_url": settings.store_logo_url,
-        },
-        "segments": frozenset({"customers"}),
-        "is_vip": False,
-        "loyalty": {
-            "tier": "silver",
-            "points": 640,
-            "lifetime_spend": Decimal(640),
-            "next_tier": "gold",
-            "spend_to_next_tier": Decimal(860),
-        },
-        "message_id": f"sample.{name}@{settings.from_domain}",
-        "now": now,
-        "unsubscribe_url": f"{base}/u/sample-token" if marketing else None,
-        "confirm_url": f"{base}/c/sample-token",
         "cart": {
             "token": "c1",
             "currency": "EUR",
@@ -128,9 +158,6 @@ def sample_context(settings: Settings, name: str) -> dict[str, Any]:
             "lines": lines,
             "total": Decimal("88.00"),
         },
-        "product": product,
-        "recommendations": products,
-        "alternatives": products,
         "last_order": {
             "id": "o1",
             "currency": "EUR",
