@@ -17,8 +17,8 @@ from temporalio import activity
 from temporalio.client import Client
 
 from api.ingest import Ingestor
-from nudge import segments
 from nudge.journeys.contracts import SegmentCounts, SegmentRefreshInput, SegmentRefreshResult
+from nudge.segments import membership
 from nudge.settings import Settings
 from nudge.storage.models import utcnow
 from workflows import FLOWS
@@ -47,7 +47,7 @@ class SegmentActivities:
         now = job.now or utcnow()
         router = Ingestor(self.sessions, self.client, self.settings, self.flows)
         async with self.sessions.begin() as session:
-            counts = await segments.refresh_time_based(
+            counts = await membership.refresh_time_based(
                 session, now, triggers=router.segment_flows.keys()
             )
         activity.heartbeat("refreshed")

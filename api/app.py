@@ -26,7 +26,7 @@ from api.routers import (
     webhooks,
 )
 from nudge.events import schemas as ev
-from nudge.segments import ensure_builtin_segments
+from nudge.segments.catalogue import ensure_builtin_segments
 from nudge.settings import Settings, get_settings
 from nudge.storage.db import create_engine, session_maker
 from nudge.storage.models import utcnow

@@ -22,11 +22,11 @@ from temporalio.worker import Replayer
 
 from activities.segments import SegmentActivities
 from api.ingest import Ingestor
-from nudge import segments
 from nudge.contacts import directory
 from nudge.dev.mailcatcher import CaughtMessage, MailCatcher
 from nudge.journeys.contracts import JourneyState, SegmentRefreshInput, SegmentRefreshResult
 from nudge.mail import tracking
+from nudge.segments import membership
 from nudge.settings import Settings
 from nudge.storage.models import Journey as JourneyRow
 from nudge.storage.models import Message, utcnow
@@ -237,7 +237,9 @@ async def refresh_contact(
     For a clock months ahead without moving every other contact of the session's database."""
     router = Ingestor(stack.sessions, stack.temporal, stack.settings, flows)
     async with stack.sessions.begin() as session:
-        await segments.refresh_contact(session, contact, now, triggers=router.segment_flows.keys())
+        await membership.refresh_contact(
+            session, contact, now, triggers=router.segment_flows.keys()
+        )
     return await router.route_segment_entries(contact)
 
 
