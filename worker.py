@@ -33,11 +33,11 @@ from activities.contacts import ContactActivities
 from activities.email import EmailActivities
 from activities.outbound import WebhookActivities
 from activities.segments import SegmentActivities
-from nudge import segments as segment_store
 from nudge.journeys.connection import connect
 from nudge.journeys.contracts import SegmentRefreshInput
 from nudge.journeys.routing import EventRouter
 from nudge.mail.smtp import DkimSigner, SmtpSender
+from nudge.segments import catalogue
 from nudge.settings import Settings, get_settings
 from nudge.storage.db import create_engine, session_maker
 from nudge.storage.models import utcnow
@@ -130,7 +130,7 @@ async def main() -> None:
     email = email_activities(settings, engine)
     sessions = session_maker(engine)
     async with sessions.begin() as session:
-        await segment_store.ensure_builtin_segments(session, utcnow())
+        await catalogue.ensure_builtin_segments(session, utcnow())
     await ensure_segment_schedule(client, settings)
     segments = SegmentActivities(EventRouter(sessions, client, settings, FLOWS))
     webhooks = WebhookActivities(settings)

@@ -24,7 +24,7 @@ from temporalio.exceptions import ApplicationError
 from nudge.contacts import directory, suppression
 from nudge.journeys.contracts import ContactProfile, ContactProfileInput, ContactUpdateInput
 from nudge.mail.tracking import CLICK, OPEN
-from nudge.segments import REFUNDED
+from nudge.segments.rfm import REFUNDED
 from nudge.settings import Settings
 from nudge.storage.models import Contact, ContactTag, MessageEvent, Order, SegmentMember
 

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from nudge.commerce import orders
 from nudge.journeys.contracts import SendEmailInput
-from nudge.segments import REFUNDED
+from nudge.segments.rfm import REFUNDED
 from nudge.storage.models import Cart, CartLine, Contact, Order, Product
 
 # How long a cart journey lasts (emails at 2 h, 1 day and 2 days): a cart touched this long

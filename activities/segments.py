@@ -13,9 +13,9 @@ import logging
 
 from temporalio import activity
 
-from nudge import segments
 from nudge.journeys.contracts import SegmentCounts, SegmentRefreshInput, SegmentRefreshResult
 from nudge.journeys.routing import EventRouter
+from nudge.segments import membership
 from nudge.storage.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ class SegmentActivities:
         now = job.now or utcnow()
         routing = self.routing
         async with routing.sessions.begin() as session:
-            counts = await segments.refresh_time_based(
+            counts = await membership.refresh_time_based(
                 session, now, triggers=routing.segment_flows.keys()
             )
         activity.heartbeat("refreshed")

@@ -28,7 +28,7 @@ from api.routers import (
 from nudge.events import schemas as ev
 from nudge.journeys.connection import connect
 from nudge.journeys.routing import EventRouter
-from nudge.segments import ensure_builtin_segments
+from nudge.segments.catalogue import ensure_builtin_segments
 from nudge.settings import Settings, get_settings
 from nudge.storage.db import create_engine, session_maker
 from nudge.storage.models import utcnow

@@ -37,7 +37,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bench import harness
-from nudge import segments as sg
+from nudge.segments import catalogue, compiler, definition, membership, rfm
 from nudge.storage.db import create_engine, migrate_async, session_maker
 
 DEFAULT_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -200,9 +200,9 @@ async def bench(url: str, contacts: int, orders: int, repeat: int) -> None:
             ],
             ["baseline: GROUP BY contact_id (count, sum, max)", harness.ms(aggregate), 1.0, buyers],
         ]
-        for builtin in sg.BUILTINS:
+        for builtin in catalogue.BUILTINS:
             seconds, members = await run.count(
-                sg.compile_segment(sg.parse(builtin.definition), NOW)
+                compiler.compile_segment(definition.parse(builtin.definition), NOW)
             )
             rows.append(
                 [
@@ -212,8 +212,8 @@ async def bench(url: str, contacts: int, orders: int, repeat: int) -> None:
                     members,
                 ]
             )
-        custom = sg.parse(CUSTOM)
-        seconds, members = await run.count(sg.compile_segment(custom, NOW))
+        custom = definition.parse(CUSTOM)
+        seconds, members = await run.count(compiler.compile_segment(custom, NOW))
         rows.append(
             [
                 "segment custom (and/or/not, 6 kinds)",
@@ -222,8 +222,8 @@ async def bench(url: str, contacts: int, orders: int, repeat: int) -> None:
                 members,
             ]
         )
-        viewed = sg.parse({"kind": "viewed_product", "product_id": "p7", "within_days": 7})
-        seconds, members = await run.count(sg.compile_segment(viewed, NOW))
+        viewed = definition.parse({"kind": "viewed_product", "product_id": "p7", "within_days": 7})
+        seconds, members = await run.count(compiler.compile_segment(viewed, NOW))
         rows.append(
             [
                 "segment viewed_product p7 in 7 days",
@@ -232,13 +232,13 @@ async def bench(url: str, contacts: int, orders: int, repeat: int) -> None:
                 members,
             ]
         )
-        seconds, scored = await run.count(sg.rfm_query())
+        seconds, scored = await run.count(rfm.rfm_query())
         rows.append(
             ["RFM scores of every buyer", harness.ms(seconds), harness.ratio(seconds, base), scored]
         )
 
         async def preview(session: AsyncSession) -> int:
-            count, _sample = await sg.preview(session, custom, NOW, 10)
+            count, _sample = await catalogue.preview(session, custom, NOW, 10)
             return count
 
         seconds, members = await run.timed(preview)
@@ -259,18 +259,22 @@ async def bench(url: str, contacts: int, orders: int, repeat: int) -> None:
         # Stored membership: computed once, then moved by the schedule and by events.
         started = harness.clock()
         async with sessions.begin() as session:
-            await sg.ensure_builtin_segments(session, NOW)
+            await catalogue.ensure_builtin_segments(session, NOW)
         first = harness.clock() - started
         async with sessions() as session:
-            members = sum((await sg.member_counts(session)).values())
-        lapsed = sg.parse(next(b.definition for b in sg.BUILTINS if b.id == "lapsed_30"))
+            members = sum((await catalogue.member_counts(session)).values())
+        lapsed = definition.parse(
+            next(b.definition for b in catalogue.BUILTINS if b.id == "lapsed_30")
+        )
         started = harness.clock()
         async with sessions.begin() as session:
-            moved = await sg.refresh_segment(session, "lapsed_30", lapsed, NOW + timedelta(days=1))
+            moved = await membership.refresh_segment(
+                session, "lapsed_30", lapsed, NOW + timedelta(days=1)
+            )
         bulk = harness.clock() - started
         started = harness.clock()
         async with sessions.begin() as session:
-            every = await sg.refresh_time_based(session, NOW + timedelta(days=2))
+            every = await membership.refresh_time_based(session, NOW + timedelta(days=2))
         scheduled = harness.clock() - started
 
         one: list[float] = []
@@ -278,7 +282,7 @@ async def bench(url: str, contacts: int, orders: int, repeat: int) -> None:
         for cid in [contacts, *range(1, contacts + 1, step)[:20]]:  # the first one warms up
             async with sessions() as session:
                 started = harness.clock()
-                await sg.refresh_contact(session, cid, NOW + timedelta(days=2))
+                await membership.refresh_contact(session, cid, NOW + timedelta(days=2))
                 one.append(harness.clock() - started)
                 await session.rollback()
         one = one[1:]

@@ -22,12 +22,12 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Replayer
 
 from activities.segments import SegmentActivities
-from nudge import segments
 from nudge.contacts import directory
 from nudge.dev.mailcatcher import CaughtMessage, MailCatcher
 from nudge.journeys.contracts import JourneyState, SegmentRefreshInput, SegmentRefreshResult
 from nudge.journeys.routing import EventRouter
 from nudge.mail import tracking
+from nudge.segments import membership
 from nudge.settings import Settings
 from nudge.storage.models import JourneyRecord, Message, MessageStatus, utcnow
 from workflows import FLOWS
@@ -250,7 +250,9 @@ async def refresh_contact(
     For a clock months ahead without moving every other contact of the session's database."""
     router = EventRouter(stack.sessions, stack.temporal, stack.settings, flows)
     async with stack.sessions.begin() as session:
-        await segments.refresh_contact(session, contact, now, triggers=router.segment_flows.keys())
+        await membership.refresh_contact(
+            session, contact, now, triggers=router.segment_flows.keys()
+        )
     return await router.route_segment_entries(contact)
 
 

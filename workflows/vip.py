@@ -2,7 +2,7 @@
 
 Two segment entries start it, each its own journey (the key is the segment id):
 
-Entering `vip` (3+ orders, or lifetime spend over the threshold; nudge/segments.py):
+Entering `vip` (3+ orders, or lifetime spend over the threshold; nudge/segments/catalogue.py):
 1. At once: a thank-you with an exclusive perk, a VIP code (the `vip` segment's percentage).
    An A/B test of the subject: `vip_1` (a) says thank you, `vip_1_b` (b) says "one of our best".
                                                                                     -> `vip_1`

@@ -16,24 +16,25 @@ from sqlalchemy.exc import IntegrityError
 
 from api.deps import SessionDep, SessionsDep
 from api.errors import Conflict, Invalid, NotFound
-from nudge import segments as sg
 from nudge.contacts import directory
+from nudge.segments import catalogue
+from nudge.segments.definition import SEGMENT_ID, BoundedCondition, validation_errors
 from nudge.storage.models import utcnow
 
 router = APIRouter(tags=["segments"])
 
 SAMPLE_SIZE = 10
-SegmentId = Annotated[str, Field(pattern=sg.SEGMENT_ID, description="e.g. vip_lisbon")]
+SegmentId = Annotated[str, Field(pattern=SEGMENT_ID, description="e.g. vip_lisbon")]
 
 
 class SegmentIn(BaseModel):
     id: SegmentId
     name: Annotated[str, Field(min_length=1, max_length=200)]
-    definition: sg.BoundedCondition
+    definition: BoundedCondition
 
 
 class PreviewIn(BaseModel):
-    definition: sg.BoundedCondition
+    definition: BoundedCondition
 
 
 class SegmentOut(BaseModel):
@@ -94,7 +95,7 @@ async def _body(request: Request, model: type[Model]) -> Model:
     try:
         return model.model_validate(body)
     except ValidationError as err:
-        fields = sg.validation_errors(err)
+        fields = validation_errors(err)
         summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:5])
         raise Invalid(f"invalid segment: {summary}", fields=fields) from None
 
@@ -114,7 +115,7 @@ def _request_body(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def _out(segment: sg.SegmentRow, members: int) -> SegmentOut:
+def _out(segment: catalogue.SegmentRow, members: int) -> SegmentOut:
     return SegmentOut(
         id=segment.id,
         name=segment.name,
@@ -142,12 +143,12 @@ async def create_segment(request: Request, sessions: SessionsDep) -> SegmentOut:
     given = await _body(request, SegmentIn)
     try:
         async with sessions.begin() as session:
-            if await sg.get_segment(session, given.id) is not None:
+            if await catalogue.get_segment(session, given.id) is not None:
                 raise Conflict(f"segment {given.id!r} exists")
-            segment = await sg.create_segment(
+            segment = await catalogue.create_segment(
                 session, given.id, given.name, given.definition, utcnow()
             )
-            members = await sg.member_count(session, given.id)
+            members = await catalogue.member_count(session, given.id)
     except IntegrityError:  # created concurrently by another request
         raise Conflict(f"segment {given.id!r} exists") from None
     return _out(segment, members)
@@ -155,9 +156,9 @@ async def create_segment(request: Request, sessions: SessionsDep) -> SegmentOut:
 
 @router.get("/segments", summary="List segments with their member counts")
 async def list_segments(session: SessionDep) -> SegmentsOut:
-    counts = await sg.member_counts(session)
+    counts = await catalogue.member_counts(session)
     return SegmentsOut(
-        segments=[_out(s, counts.get(s.id, 0)) for s in await sg.list_segments(session)]
+        segments=[_out(s, counts.get(s.id, 0)) for s in await catalogue.list_segments(session)]
     )
 
 
@@ -168,7 +169,7 @@ async def list_segments(session: SessionDep) -> SegmentsOut:
 )
 async def preview_segment(request: Request, session: SessionDep) -> PreviewOut:
     given = await _body(request, PreviewIn)
-    count, sample = await sg.preview(session, given.definition, utcnow(), SAMPLE_SIZE)
+    count, sample = await catalogue.preview(session, given.definition, utcnow(), SAMPLE_SIZE)
     return PreviewOut(
         count=count,
         sample=[ContactOut(id=c.id, email=c.email, first_name=c.first_name) for c in sample],
@@ -177,10 +178,10 @@ async def preview_segment(request: Request, session: SessionDep) -> PreviewOut:
 
 @router.get("/segments/{segment_id}", summary="A segment")
 async def get_segment(segment_id: str, session: SessionDep) -> SegmentOut:
-    segment = await sg.get_segment(session, segment_id)
+    segment = await catalogue.get_segment(session, segment_id)
     if segment is None:
         raise NotFound(f"no segment {segment_id!r}")
-    return _out(segment, await sg.member_count(session, segment_id))
+    return _out(segment, await catalogue.member_count(session, segment_id))
 
 
 @router.delete(
@@ -191,12 +192,12 @@ async def get_segment(segment_id: str, session: SessionDep) -> SegmentOut:
 )
 async def delete_segment(segment_id: str, sessions: SessionsDep) -> Response:
     async with sessions.begin() as session:
-        segment = await sg.get_segment(session, segment_id)
+        segment = await catalogue.get_segment(session, segment_id)
         if segment is None:
             raise NotFound(f"no segment {segment_id!r}")
         if segment.builtin:
             raise Conflict(f"{segment_id!r} is a built-in segment and cannot be deleted")
-        await sg.delete_segment(session, segment_id)
+        await catalogue.delete_segment(session, segment_id)
     return Response(status_code=204)
 
 
@@ -209,9 +210,9 @@ async def segment_members(
         int | None, Query(ge=0, le=2**63 - 1, description="The `next` of the previous page")
     ] = None,
 ) -> MembersOut:
-    if await sg.get_segment(session, segment_id) is None:
+    if await catalogue.get_segment(session, segment_id) is None:
         raise NotFound(f"no segment {segment_id!r}")
-    rows = await sg.members_page(session, segment_id, after=after, limit=limit + 1)
+    rows = await catalogue.members_page(session, segment_id, after=after, limit=limit + 1)
     page = rows[:limit]
     return MembersOut(
         segment_id=segment_id,
@@ -234,6 +235,6 @@ async def contact_segments(email: str, session: SessionDep) -> ContactSegmentsOu
         contact_id=contact.id,
         segments=[
             ContactSegmentOut(id=sid, name=name, entered_at=entered_at)
-            for sid, name, entered_at in await sg.segments_of(session, contact.id)
+            for sid, name, entered_at in await catalogue.segments_of(session, contact.id)
         ],
     )

@@ -9,9 +9,10 @@ the contact's open journeys of that flow. An event is marked routed only after T
 it, so a client retrying after a crash gets its event routed rather than silently dropped.
 
 Each new event also recomputes the contact's segment memberships, in the event's transaction
-(`nudge.segments.membership.refresh_contact`). Entering a segment that a flow lists in `segment_triggers`
-starts that flow's journey for the contact, keyed by the segment id; the entry stays unrouted in
-`segment_changes` until Temporal has the journey, so a crash in between only delays it.
+(`nudge.segments.membership.refresh_contact`). Entering a segment that a flow lists in
+`segment_triggers` starts that flow's journey for the contact, keyed by the segment id; the entry
+stays unrouted in `segment_changes` until Temporal has the journey, so a crash in between only
+delays it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from nudge import segments
 from nudge.commerce import catalog
 from nudge.contacts import consent, directory
 from nudge.events import log as event_log
@@ -37,6 +37,7 @@ from nudge.journeys import records
 from nudge.journeys.contracts import JourneyEvent, JourneyInput, JourneyStatus, workflow_id
 from nudge.journeys.reentry import Reentry
 from nudge.journeys.search_attributes import start_search_attributes
+from nudge.segments import membership
 from nudge.settings import Settings
 from nudge.storage.models import utcnow
 
@@ -140,13 +141,13 @@ class EventRouter:
                 current = await projection.apply_event(
                     session, event, contact_id, settings=self.settings
                 )
-                await segments.refresh_contact(
+                await membership.refresh_contact(
                     session, contact_id, utcnow(), triggers=self.segment_flows.keys()
                 )
             else:
                 contact_id = known.contact_id
             # Also on a retry: the entries a crash left unrouted.
-            entries = await segments.pending_entries(
+            entries = await membership.pending_entries(
                 session, self.segment_flows.keys(), contact_id=contact_id
             )
             # Events Nudge derived from this one (a loyalty tier change), stored with it so a
@@ -169,7 +170,7 @@ class EventRouter:
         # makes the client's retry route the event again (starts and signals are idempotent).
         async with self.sessions.begin() as session:
             await self._record(session, started)
-            await segments.mark_routed(session, [e.change_id for e in entries], utcnow())
+            await membership.mark_routed(session, [e.change_id for e in entries], utcnow())
             for follow_up in follow_ups:
                 await event_log.mark_routed(session, follow_up.id)
             await event_log.mark_routed(session, event.id)
@@ -213,7 +214,7 @@ class EventRouter:
         """Start the journeys that unrouted segment entries trigger (one contact's, or the oldest
         `limit` of anyone's), then mark the entries routed. Returns the workflow ids."""
         async with self.sessions() as session:
-            entries = await segments.pending_entries(
+            entries = await membership.pending_entries(
                 session, self.segment_flows.keys(), contact_id=contact_id, limit=limit
             )
         if not entries:
@@ -222,7 +223,7 @@ class EventRouter:
         journeys = await self._start_entries(entries, started)
         async with self.sessions.begin() as session:
             await self._record(session, started)
-            await segments.mark_routed(session, [e.change_id for e in entries], utcnow())
+            await membership.mark_routed(session, [e.change_id for e in entries], utcnow())
         return journeys
 
     async def route_catalog_changes(self, product_ids: Sequence[str]) -> CatalogRouting:
@@ -246,7 +247,7 @@ class EventRouter:
                     await event_log.mark_routed(session, event.id)
 
     async def _start_entries(
-        self, entries: Sequence[segments.MembershipChange], started: list[dict[str, Any]]
+        self, entries: Sequence[membership.MembershipChange], started: list[dict[str, Any]]
     ) -> list[str]:
         journeys: list[str] = []
         for entry in entries:

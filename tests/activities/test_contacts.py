@@ -14,7 +14,6 @@ from temporalio.testing import ActivityEnvironment
 from activities.contacts import ContactActivities
 from activities.email import EmailActivities
 from conftest import make_settings
-from nudge import segments as sg
 from nudge.contacts import directory, suppression
 from nudge.dev.mailcatcher import MailCatcher
 from nudge.events import schemas as ev
@@ -26,6 +25,7 @@ from nudge.journeys.contracts import (
     SendEmailInput,
 )
 from nudge.mail.smtp import SmtpSender
+from nudge.segments import catalogue, membership
 from nudge.storage.models import Contact, MessageEvent
 from support import new_email, new_id, order_event
 
@@ -99,8 +99,8 @@ async def test_the_profile_reads_segments_tags_orders_and_human_engagement(
         await place_order(sessions, cid)
     await place_order(sessions, cid, refunded=True)  # refunded: not an order, as in segments
     async with sessions.begin() as session:
-        await sg.ensure_builtin_segments(session, T0)
-        await sg.refresh_contact(session, cid, T0)
+        await catalogue.ensure_builtin_segments(session, T0)
+        await membership.refresh_contact(session, cid, T0)
     await engage(sessions, cid, "open", T0 - timedelta(days=3))
     await engage(sessions, cid, "click", T0 - timedelta(days=2))
     # Later, but by machines (Apple's proxy, a link scanner) or not engagement at all.

@@ -29,7 +29,7 @@ from nudge.intake import projection
 from nudge.journeys.contracts import SendEmailInput, message_id
 from nudge.mail.render import TEMPLATES, RenderedEmail, Renderer
 from nudge.mail.smtp import Commit, OutgoingMessage, SmtpSender, build_message
-from nudge.segments import ensure_builtin_segments
+from nudge.segments.catalogue import ensure_builtin_segments
 from nudge.settings import Settings
 from nudge.storage.db import create_engine, session_maker
 from nudge.storage.models import Contact, Coupon, Message, Segment, SegmentMember, utcnow

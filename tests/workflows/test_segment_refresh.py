@@ -25,7 +25,6 @@ from temporalio.testing import WorkflowEnvironment
 from activities.email import EmailActivities
 from activities.segments import SegmentActivities
 from conftest import _end_running_journeys, make_settings
-from nudge import segments as sg
 from nudge.contacts import directory
 from nudge.dev.mailcatcher import MailCatcher
 from nudge.dev.temporal_dev import extra_args, temporal_binary
@@ -40,6 +39,8 @@ from nudge.journeys.contracts import (
 )
 from nudge.journeys.routing import EventRouter
 from nudge.mail.smtp import SmtpSender
+from nudge.segments import catalogue, membership
+from nudge.segments.definition import parse
 from nudge.settings import Settings
 from nudge.storage.db import create_engine, session_maker
 from nudge.storage.models import Order, utcnow
@@ -74,15 +75,15 @@ Sessions = async_sessionmaker[AsyncSession]
 
 async def lapsing_contact(sessions: Sessions, days_since_order: int) -> int:
     async with sessions.begin() as session:
-        if await sg.get_segment(session, SEGMENT) is None:
+        if await catalogue.get_segment(session, SEGMENT) is None:
             definition = {
                 "all": [
                     {"kind": "last_order", "older_than_days": 30},
                     {"kind": "tag", "tag": TAG},
                 ]
             }
-            await sg.create_segment(
-                session, SEGMENT, "Tagged lapsed", sg.parse(definition), utcnow()
+            await catalogue.create_segment(
+                session, SEGMENT, "Tagged lapsed", parse(definition), utcnow()
             )
         contact_id = await directory.upsert_contact(
             session,
@@ -98,7 +99,7 @@ async def lapsing_contact(sessions: Sessions, days_since_order: int) -> int:
             )
         )
     async with sessions.begin() as session:
-        await sg.refresh_contact(session, contact_id, utcnow())
+        await membership.refresh_contact(session, contact_id, utcnow())
     return contact_id
 
 
@@ -115,7 +116,9 @@ async def test_a_contact_lapses_without_an_event_and_its_flow_starts(
         async with build_worker(temporal, settings, email, flows=[WinBack], segments=refresh):
             contact_id = await lapsing_contact(sessions, days_since_order=29)
             async with sessions() as session:
-                assert SEGMENT not in {s for s, _, _ in await sg.segments_of(session, contact_id)}
+                assert SEGMENT not in {
+                    s for s, _, _ in await catalogue.segments_of(session, contact_id)
+                }
 
             later = utcnow() + timedelta(days=2)
             result = await temporal.execute_workflow(
@@ -128,8 +131,10 @@ async def test_a_contact_lapses_without_an_event_and_its_flow_starts(
             assert result.segments[SEGMENT] == SegmentCounts(entered=1, exited=0)
             assert result.journeys_started == 1
             async with sessions() as session:
-                assert SEGMENT in {s for s, _, _ in await sg.segments_of(session, contact_id)}
-                assert await sg.pending_entries(session, {SEGMENT}) == []
+                assert SEGMENT in {
+                    s for s, _, _ in await catalogue.segments_of(session, contact_id)
+                }
+                assert await membership.pending_entries(session, {SEGMENT}) == []
 
             handle = temporal.get_workflow_handle(
                 f"test_win_back-{contact_id}-{SEGMENT}", result_type=JourneyState
@@ -199,7 +204,7 @@ async def test_the_schedule_is_created_then_updated_and_runs_the_refresh(
     email = EmailActivities(sessions, SmtpSender(second.smtp_host, second.smtp_port), second)
     refresh = SegmentActivities(EventRouter(sessions, client, second, []))
     async with sessions.begin() as session:  # as `worker.py` does at start
-        await sg.ensure_builtin_segments(session, utcnow())
+        await catalogue.ensure_builtin_segments(session, utcnow())
     try:
         async with build_worker(client, second, email, flows=[], segments=refresh):
             await handle.trigger()

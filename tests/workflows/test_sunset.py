@@ -17,7 +17,7 @@ from conftest import open_stack
 from nudge.contacts import suppression
 from nudge.dev.mailcatcher import CaughtMessage, MailCatcher
 from nudge.journeys.contracts import JourneyStatus
-from nudge.segments import segments_of
+from nudge.segments.catalogue import segments_of
 from nudge.storage.models import Contact, Message, MessageEvent, MessageStatus, utcnow
 from support import (
     Stack,
