@@ -26,7 +26,7 @@ from nudge.commerce import orders
 from nudge.contacts import suppression
 from nudge.journeys.contracts import SendEmailInput, SendEmailResult, message_id
 from nudge.mail import context as personalize
-from nudge.mail import messages, tokens, tracking
+from nudge.mail import links, messages, tracking
 from nudge.mail.render import Renderer, TemplateProblem
 from nudge.mail.smtp import OutgoingMessage, SmtpSender, build_message, smtp_code
 from nudge.settings import Settings
@@ -177,10 +177,7 @@ class EmailActivities:
         return headers
 
     def _unsubscribe_url(self, contact: Contact, mid: str) -> str:
-        token = tokens.sign(
-            self.settings.secret_key, tokens.UNSUBSCRIBE, tokens.TokenClaims(contact.id, mid)
-        )
-        return f"{self.settings.public_url.rstrip('/')}/u/{token}"
+        return links.unsubscribe_url(self.settings, contact.id, mid)
 
     async def _smtp_failed(self, job: SendEmailInput, mid: str, err: BaseException) -> None:
         """Log the failure; a 5xx is final (non-retryable), anything else goes back to queued."""

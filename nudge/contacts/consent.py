@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from nudge.contacts import suppression
 from nudge.events import schemas as ev
 from nudge.mail import context as personalize
-from nudge.mail import tokens
+from nudge.mail import links
 from nudge.mail.render import Renderer
 from nudge.mail.smtp import DkimSigner, SmtpSender, build_message
 from nudge.settings import Settings
@@ -117,13 +117,6 @@ def confirmation_message_id(event_id: str, domain: str) -> str:
     return f"confirm.{hashlib.sha256(event_id.encode()).hexdigest()[:32]}@{domain}"
 
 
-def confirm_url(settings: Settings, contact_id: int, message_id: str) -> str:
-    token = tokens.sign(
-        settings.secret_key, tokens.CONFIRM, tokens.TokenClaims(contact_id, message_id)
-    )
-    return f"{settings.public_url.rstrip('/')}/c/{token}"
-
-
 _renderer: Renderer | None = None
 
 
@@ -190,5 +183,5 @@ def confirmation_context(settings: Settings, contact: Contact, mid: str) -> dict
         "message_id": mid,
         "now": utcnow(),
         "unsubscribe_url": None,
-        "confirm_url": confirm_url(settings, contact.id, mid),
+        "confirm_url": links.confirm_url(settings, contact.id, mid),
     }
