@@ -36,7 +36,7 @@ from activities.outbound import WebhookActivities
 from activities.segments import SegmentActivities
 from nudge import segments as segment_store
 from nudge.journeys.contracts import SegmentRefreshInput
-from nudge.mail.smtp import DkimSigner, SmtpSender
+from nudge.mail.smtp import sender_from_settings
 from nudge.settings import Settings, get_settings
 from nudge.storage.db import create_engine, session_maker
 from nudge.storage.models import utcnow
@@ -106,17 +106,7 @@ async def ensure_segment_schedule(client: Client, settings: Settings) -> None:
 
 
 def email_activities(settings: Settings, engine: AsyncEngine) -> EmailActivities:
-    signer = None
-    if settings.dkim_selector and settings.dkim_private_key_file:
-        signer = DkimSigner(
-            settings.dkim_selector,
-            settings.dkim_domain or settings.from_domain,
-            settings.dkim_private_key_file.read_bytes(),
-        )
-    sender = SmtpSender(
-        settings.smtp_host, settings.smtp_port, settings.smtp_timeout, signer=signer
-    )
-    return EmailActivities(session_maker(engine), sender, settings)
+    return EmailActivities(session_maker(engine), sender_from_settings(settings), settings)
 
 
 async def connect(settings: Settings) -> Client:

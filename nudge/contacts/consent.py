@@ -20,7 +20,7 @@ from nudge.events import schemas as ev
 from nudge.mail import context as personalize
 from nudge.mail import links
 from nudge.mail.render import Renderer
-from nudge.mail.smtp import DkimSigner, SmtpSender, build_message
+from nudge.mail.smtp import build_message, sender_from_settings
 from nudge.settings import Settings
 from nudge.storage.models import Consent, ConsentRecord, Contact, utcnow
 
@@ -153,16 +153,7 @@ async def send_confirmation_if_pending(
         message_id=mid,
         headers={"X-Nudge-Flow": "double_opt_in"},
     )
-    signer = None
-    if settings.dkim_selector and settings.dkim_private_key_file:
-        signer = DkimSigner(
-            settings.dkim_selector,
-            settings.dkim_domain or settings.from_domain,
-            settings.dkim_private_key_file.read_bytes(),
-        )
-    sender = SmtpSender(
-        settings.smtp_host, settings.smtp_port, settings.smtp_timeout, signer=signer
-    )
+    sender = sender_from_settings(settings)
     try:
         await sender.send(message)
     finally:
