@@ -24,11 +24,12 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from nudge import segments
-from nudge.contacts import consent, directory
+from nudge.contacts import directory
 from nudge.events import schemas as ev
 from nudge.intake import event_log, projection
 from nudge.journeys import records
 from nudge.journeys.contracts import JourneyEvent, JourneyInput, workflow_id
+from nudge.mail import confirmation
 from nudge.settings import Settings
 from nudge.storage.models import utcnow
 from workflows import FLOWS
@@ -120,7 +121,7 @@ class Ingestor:
         if isinstance(event, ev.CustomerSubscribed) and self.settings.double_opt_in:
             # Double opt-in: the subscription reaches flows only once confirmed (api/routers/
             # preferences.py ingests it again then); until then, the confirmation email.
-            if await consent.send_confirmation_if_pending(
+            if await confirmation.send_confirmation_if_pending(
                 self.sessions, self.settings, contact_id, event.id
             ):
                 current = False
