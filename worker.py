@@ -36,7 +36,7 @@ from activities.segments import SegmentActivities
 from nudge.journeys.connection import connect
 from nudge.journeys.contracts import SegmentRefreshInput
 from nudge.journeys.routing import EventRouter
-from nudge.mail.smtp import DkimSigner, SmtpSender
+from nudge.mail.smtp import sender_from_settings
 from nudge.segments import catalogue
 from nudge.settings import Settings, get_settings
 from nudge.storage.db import create_engine, session_maker
@@ -107,17 +107,7 @@ async def ensure_segment_schedule(client: Client, settings: Settings) -> None:
 
 
 def email_activities(settings: Settings, engine: AsyncEngine) -> EmailActivities:
-    signer = None
-    if settings.dkim_selector and settings.dkim_private_key_file:
-        signer = DkimSigner(
-            settings.dkim_selector,
-            settings.dkim_domain or settings.from_domain,
-            settings.dkim_private_key_file.read_bytes(),
-        )
-    sender = SmtpSender(
-        settings.smtp_host, settings.smtp_port, settings.smtp_timeout, signer=signer
-    )
-    return EmailActivities(session_maker(engine), sender, settings)
+    return EmailActivities(session_maker(engine), sender_from_settings(settings), settings)
 
 
 async def main() -> None:

@@ -4,7 +4,7 @@ The message log row, keyed by a deterministic Message-ID per (journey, step), is
   queued -> (filters pass, rendered) -> sending -> (server holds the whole message) -> sent
          -> (a filter says no)     -> skipped, with the reason
          -> (template error, SMTP 5xx) -> failed, not retried
-`sent` is committed just before the final `.` of SMTP DATA (nudge/mail.py), so a retry that
+`sent` is committed just before the final `.` of SMTP DATA (nudge/mail/smtp.py), so a retry that
 finds `sending` knows the server dropped the message and resends it, and one that finds `sent`,
 `skipped` or `failed` never sends again.
 """
@@ -12,7 +12,7 @@ finds `sending` knows the server dropped the message and resends it, and one tha
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import aiosmtplib
@@ -22,11 +22,10 @@ from temporalio.exceptions import ApplicationError
 
 from activities import filters
 from nudge.analytics import abtest
-from nudge.commerce import orders
 from nudge.contacts import suppression
 from nudge.journeys.contracts import SendEmailInput, SendEmailResult, message_id
-from nudge.mail import context as personalize
-from nudge.mail import messages, tokens, tracking
+from nudge.mail import links, messages, tracking
+from nudge.mail.context import JourneyEmail, email_context
 from nudge.mail.render import Renderer, TemplateProblem
 from nudge.mail.smtp import OutgoingMessage, SmtpSender, build_message, smtp_code
 from nudge.settings import Settings
@@ -70,7 +69,7 @@ class EmailActivities:
 
         async def mark_sent() -> None:
             # Runs while the server holds the whole message but has not yet accepted it (see
-            # nudge/mail.py): before this commit a crash means a safe resend, after it, none.
+            # nudge/mail/smtp.py): before this commit a crash means a safe resend, after it, none.
             # Fenced by the attempt number: an attempt that outlived its timeout while a newer
             # one claimed the row must not commit, so its copy is dropped before the final dot.
             nonlocal committed
@@ -100,7 +99,7 @@ class EmailActivities:
         Everything that only reads (filters, the context, rendering) comes before the claim:
         SQLite has one writer, and a transaction holds it from its first write to its commit,
         so claiming first made every concurrent send and ingest wait on this one's rendering."""
-        # A/B: once a step has a recorded winner, only the winner is sent (nudge/abtest.py).
+        # A/B: once a step has a recorded winner, only the winner is sent (nudge/analytics/abtest.py).
         variants = job.variants or {}
         variant = await abtest.settled_variant(
             session, self.settings, flow=job.flow, step=job.step, variants=variants, message_id=mid
@@ -175,17 +174,11 @@ class EmailActivities:
         if not job.transactional:
             # RFC 8058 one-click unsubscribe, which Gmail and Yahoo require of bulk senders.
             headers["List-Unsubscribe"] = (
-                f"<{self._unsubscribe_url(contact, mid)}>, "
+                f"<{links.unsubscribe_url(self.settings, contact.id, mid)}>, "
                 f"<mailto:unsubscribe@{self.settings.from_domain}?subject=unsubscribe>"
             )
             headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         return headers
-
-    def _unsubscribe_url(self, contact: Contact, mid: str) -> str:
-        token = tokens.sign(
-            self.settings.secret_key, tokens.UNSUBSCRIBE, tokens.TokenClaims(contact.id, mid)
-        )
-        return f"{self.settings.public_url.rstrip('/')}/u/{token}"
 
     async def _smtp_failed(self, job: SendEmailInput, mid: str, err: BaseException) -> None:
         """Log the failure; a 5xx is final (non-retryable), anything else goes back to queued."""
@@ -211,7 +204,7 @@ class EmailActivities:
     ) -> str | None:
         """Flow filters, re-checked from the database before every message: a signal that never
         reached the journey must still stop it."""
-        # Suppression list, consent, double opt-in and topics (nudge/suppression.py).
+        # Suppression list, consent, double opt-in and topics (nudge/contacts/suppression.py).
         blocked = await suppression.skip_reason(
             session, contact, transactional=job.transactional, topic=job.topic
         )
@@ -243,78 +236,22 @@ class EmailActivities:
     async def _context(
         self, session: AsyncSession, job: SendEmailInput, contact: Contact, mid: str
     ) -> dict[str, Any]:
-        """Everything a template may use (README "Personal content"). Parts that cost queries
-        (recommendations, the last order, a coupon) are built only for templates that use them."""
+        """The step's context (nudge/mail/context.py): the parts its template uses, its cart,
+        product or order by the journey's key, and one coupon per journey step."""
         settings = self.settings
-        now = datetime.now(UTC)
-        uses = self.renderer.variables(job.template)
-        segments = await personalize.segment_ids(session, contact.id)
-        context: dict[str, Any] = {
-            "contact": personalize.contact_context(contact),
-            "store": {
-                "name": settings.store_name,
-                "address": settings.store_address,
-                "url": settings.public_url,
-                "logo_url": settings.store_logo_url,
-            },
-            "segments": segments,
-            "is_vip": "vip" in segments,
-            "loyalty": await personalize.loyalty_context(session, contact.id, settings),
-            "message_id": mid,
-            "now": now,
-            "unsubscribe_url": None if job.transactional else self._unsubscribe_url(contact, mid),
-        }
-        cart = await orders.get_cart(session, job.key)
-        cart_ids: list[str] = []
-        if cart is not None:
-            cart_ids = [line.product_id for line in cart.lines]
-            context["cart"] = {
-                "token": cart.token,
-                "currency": cart.currency,
-                "checkout_url": cart.checkout_url or settings.public_url,
-                "lines": [
-                    {
-                        "product_id": line.product_id,
-                        "title": line.title,
-                        "price": line.price,
-                        "quantity": line.quantity,
-                        "image_url": line.image_url,
-                        "url": line.url,
-                    }
-                    for line in cart.lines
-                ],
-                "total": sum((line.price * line.quantity for line in cart.lines), start=0),
-            }
-        seeds = cart_ids
-        if cart is None and "product" in uses:
-            # A product flow (browse abandonment, back in stock, price drop): keyed by product id.
-            product = await personalize.product(session, job.key, job.trigger_event_id)
-            context["product"] = product
-            # Its recommendations are products like it, never itself.
-            seeds = [product["id"]] if product else []
-        if "order" in uses:
-            context["order"] = await personalize.order(session, contact.id, job.key)
-            if not seeds:
-                # After an order (post-purchase cross-sell), what goes with what was bought.
-                seeds = [line["product_id"] for line in (context["order"] or {}).get("lines", [])]
-        if uses & {"recommendations", "alternatives"}:
-            found = await personalize.recommendations(session, contact.id, seeds, now)
-            # `alternatives` is the older name, kept for templates that use it.
-            context["recommendations"] = context["alternatives"] = found
-        if "last_order" in uses:
-            context["last_order"] = await personalize.last_order(session, contact.id)
-        if "offer" in uses:
-            # One unique code per journey step: a retried send finds the code it first showed.
-            context["offer"] = await personalize.offer(
-                session,
-                contact.id,
-                source=f"{job.workflow_id}:{job.trigger_event_id}:{job.step}",
-                segments=segments,
-                settings=settings,
-                now=now,
-                percent=job.offer_percent,
-            )
-        return context
+        journey = JourneyEmail(
+            uses=self.renderer.variables(job.template),
+            key=job.key,
+            trigger_event_id=job.trigger_event_id,
+            offer_source=f"{job.workflow_id}:{job.trigger_event_id}:{job.step}",
+            offer_percent=job.offer_percent,
+        )
+        unsubscribe = (
+            None if job.transactional else links.unsubscribe_url(settings, contact.id, mid)
+        )
+        return await email_context(
+            session, settings, contact, mid, journey=journey, unsubscribe_url=unsubscribe
+        )
 
     async def _settle(
         self,

@@ -15,14 +15,13 @@ from api.deps import require_api_key
 from api.routers import (
     contacts,
     dashboard,
+    email_links,
     events,
-    preferences,
     products,
     reports,
     segments,
     suppressions,
     tracking,
-    unsubscribe,
     webhooks,
 )
 from nudge.events import schemas as ev
@@ -71,10 +70,9 @@ def create_app(
     app.include_router(contacts.router, prefix="/v1", dependencies=[Depends(require_api_key)])
     app.include_router(segments.router, prefix="/v1", dependencies=[Depends(require_api_key)])
     # Signed links act without a key: the token is the credential.
-    app.include_router(unsubscribe.router)
+    app.include_router(email_links.router)
     # Deliverability (README "Deliverability and consent"): each authenticates its own way.
     app.include_router(suppressions.router, prefix="/v1", dependencies=[Depends(require_api_key)])
-    app.include_router(preferences.router)
     app.include_router(webhooks.router)
     # Reports take the key as a header or as the dashboard's cookie (api/routers/reports.py).
     app.include_router(reports.router, prefix="/v1")

@@ -37,7 +37,7 @@ PARTS = ("html", "txt", "subject")
 
 
 def context(step: str) -> dict[str, Any]:
-    """A context shaped like `EmailActivities._context` builds: contact, store, loyalty, three
+    """A context shaped like `nudge.mail.context.email_context` builds: contact, store, loyalty, three
     cart lines with images, recommendations (also as `alternatives`), an offer."""
     now = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
     lines = [

@@ -14,10 +14,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api import reports
 from api.deps import FlowsDep, SessionDep, SessionsDep, SettingsDep
 from api.errors import Invalid, NotFound, Unauthorized
-from nudge.analytics import metrics
+from nudge.analytics import metrics, reports
 from nudge.contacts import directory
 from nudge.settings import Settings
 from nudge.storage.models import Contact, Segment

@@ -1,5 +1,5 @@
 """Open pixel and click redirect: `GET /t/o/{token}.gif` and `GET /t/c/{token}`, without a login
-(the signed token is the credential; nudge/tracking.py).
+(the signed token is the credential; nudge/mail/tracking.py).
 
 The click redirect goes only to the URL signed into its token, so it cannot be used to send
 anyone anywhere else; an altered token is a 400, never a redirect. Recording never stands in the
@@ -8,16 +8,31 @@ reader's way: a click whose message is unknown (deleted) still redirects.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
 from api.deps import SessionsDep, SettingsDep
 from api.errors import BadToken
-from nudge.mail import tokens, tracking
+from nudge.mail import links, tracking
+from nudge.settings import Settings
 
 router = APIRouter(tags=["tracking"])
 
 NO_STORE = {"Cache-Control": "no-store, private", "Referrer-Policy": "no-referrer"}
+
+Claims = TypeVar("Claims")
+
+
+def _verified(
+    verify: Callable[[str, str], Claims], settings: Settings, token: str, link: str
+) -> Claims:
+    try:
+        return verify(settings.secret_key, token)
+    except links.InvalidToken:
+        raise BadToken(f"this {link} is not valid") from None
 
 
 def _client(request: Request) -> tuple[str | None, str | None]:
@@ -33,10 +48,7 @@ def _client(request: Request) -> tuple[str | None, str | None]:
 async def open_pixel(
     token: str, request: Request, sessions: SessionsDep, settings: SettingsDep
 ) -> Response:
-    try:
-        claims = tracking.verify_open(settings.secret_key, token)
-    except tokens.InvalidToken:
-        raise BadToken("this tracking link is not valid") from None
+    claims = _verified(tracking.verify_open, settings, token, "tracking link")
     agent, ip = _client(request)
     async with sessions.begin() as session:
         await tracking.record_open(
@@ -58,10 +70,7 @@ async def open_pixel(
 async def click(
     token: str, request: Request, sessions: SessionsDep, settings: SettingsDep
 ) -> RedirectResponse:
-    try:
-        claims = tracking.verify_click(settings.secret_key, token)
-    except tokens.InvalidToken:
-        raise BadToken("this link is not valid") from None
+    claims = _verified(tracking.verify_click, settings, token, "link")
     agent, ip = _client(request)
     async with sessions.begin() as session:
         await tracking.record_click(

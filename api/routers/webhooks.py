@@ -1,5 +1,5 @@
 """Provider webhooks: bounces and complaints from Amazon SES (through SNS), SendGrid and
-Postmark. No API key: each call is authenticated the provider's way (nudge/webhooks.py), and
+Postmark. No API key: each call is authenticated the provider's way (nudge/mail/feedback.py), and
 one that is not is refused with 401 before anything changes.
 
 A report is logged against its message (`message_events`) and updates the suppression list; a
@@ -9,7 +9,8 @@ their running journeys exit at once, as a one-click unsubscribe does.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from fastapi import APIRouter, Request
 
@@ -24,8 +25,13 @@ from nudge.storage.models import Contact, utcnow
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 
 
-def _refuse(err: webhooks.Forged) -> Refused:
-    return Refused(f"webhook refused: {err}")
+@contextmanager
+def _authenticated() -> Iterator[None]:
+    """A call the provider's check finds forged is refused (401) before anything changes."""
+    try:
+        yield
+    except webhooks.Forged as err:
+        raise Refused(f"webhook refused: {err}") from None
 
 
 async def _apply(
@@ -66,16 +72,14 @@ async def ses(
     routing: RoutingDep,
 ) -> dict[str, int | str]:
     message = webhooks.loads(await request.body())
-    if not isinstance(message, dict):
-        raise _refuse(webhooks.Forged("not an SNS message"))
     fetch = getattr(request.app.state, "fetch", None) or webhooks.http_get
-    try:
+    with _authenticated():
+        if not isinstance(message, dict):
+            raise webhooks.Forged("not an SNS message")
         await webhooks.verify_sns(message, settings, fetch)
         if message["Type"] == "SubscriptionConfirmation":
             await fetch(webhooks.subscribe_url(message))
             return {"status": "subscribed"}
-    except webhooks.Forged as err:
-        raise _refuse(err) from None
     if message["Type"] != "Notification":
         return {"status": "ignored"}
     notification = webhooks.loads(str(message.get("Message", "")).encode())
@@ -97,15 +101,13 @@ async def sendgrid(
     routing: RoutingDep,
 ) -> dict[str, int | str]:
     body = await request.body()
-    try:
+    with _authenticated():
         webhooks.verify_sendgrid(
             settings,
             body,
             request.headers.get(webhooks.SENDGRID_SIGNATURE),
             request.headers.get(webhooks.SENDGRID_TIMESTAMP),
         )
-    except webhooks.Forged as err:
-        raise _refuse(err) from None
     events = webhooks.loads(body)
     return await _apply(webhooks.sendgrid_feedback(events), sessions, settings, routing)
 
@@ -117,9 +119,7 @@ async def postmark(
     settings: SettingsDep,
     routing: RoutingDep,
 ) -> dict[str, int | str]:
-    try:
+    with _authenticated():
         webhooks.verify_postmark(settings, request.headers.get("Authorization"))
-    except webhooks.Forged as err:
-        raise _refuse(err) from None
     record = webhooks.loads(await request.body())
     return await _apply(webhooks.postmark_feedback(record), sessions, settings, routing)

@@ -7,7 +7,7 @@ Definitions (README "Tracking and reports"):
     opens, clicks and orders came: each email is judged on everything it earned;
   - delivered = sent - bounced; unique opens = delivered-or-not messages opened or clicked by a
     person (a click proves an open that blocked images hid); unique clicks likewise, machine
-    events (nudge/tracking.py) excluded;
+    events (nudge/mail/tracking.py) excluded;
   - open, click, conversion rate and RPR are per delivered message; click-to-open = clicks /
     opens; a conversion is an attributed order, the conversion rate counts messages with at
     least one (so it is a proportion);

@@ -2,29 +2,24 @@
 
 Every change is kept in `consent_records` (time, source, IP) as proof. With
 `NUDGE_DOUBLE_OPT_IN=true` a `customer_subscribed` makes the contact `pending`, not
-`subscribed`: they get a confirmation email with a signed link (`/c/{token}`) and no
-marketing until they click it. A contact who already confirmed stays subscribed.
+`subscribed`: they get a confirmation email with a signed link (`/c/{token}`,
+nudge/mail/confirmation.py) and no marketing until they click it (`confirm`). A contact who
+already confirmed stays subscribed.
 """
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import or_, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from nudge.contacts import suppression
 from nudge.events import schemas as ev
-from nudge.mail import context as personalize
-from nudge.mail import tokens
-from nudge.mail.render import Renderer
-from nudge.mail.smtp import DkimSigner, SmtpSender, build_message
 from nudge.settings import Settings
+from nudge.storage.db import rowcount
 from nudge.storage.models import Consent, ConsentRecord, Contact, utcnow
-
-CONFIRM_TEMPLATE = "confirm_subscription"
 
 
 def record(
@@ -66,8 +61,7 @@ async def _set(
     )
     if unless is not None:
         stmt = stmt.where(Contact.consent != unless)
-    result: Any = await session.execute(stmt)
-    return bool(result.rowcount)
+    return bool(rowcount(await session.execute(stmt)))
 
 
 async def on_subscribed(
@@ -111,84 +105,3 @@ async def confirm(session: AsyncSession, contact: Contact, *, ip: str | None) ->
     await suppression.remove(session, contact.id, "unsubscribe")
     record(session, contact.id, "confirmed", source="double_opt_in", ip=ip, at=now)
     return True
-
-
-def confirmation_message_id(event_id: str, domain: str) -> str:
-    return f"confirm.{hashlib.sha256(event_id.encode()).hexdigest()[:32]}@{domain}"
-
-
-def confirm_url(settings: Settings, contact_id: int, message_id: str) -> str:
-    token = tokens.sign(
-        settings.secret_key, tokens.CONFIRM, tokens.TokenClaims(contact_id, message_id)
-    )
-    return f"{settings.public_url.rstrip('/')}/c/{token}"
-
-
-_renderer: Renderer | None = None
-
-
-def _shared_renderer() -> Renderer:
-    # Built once per process (it pre-inlines every template's CSS).
-    global _renderer
-    if _renderer is None:
-        _renderer = Renderer()
-    return _renderer
-
-
-async def send_confirmation_if_pending(
-    sessions: async_sessionmaker[AsyncSession],
-    settings: Settings,
-    contact_id: int,
-    event_id: str,
-) -> bool:
-    """Email the double opt-in link if the contact is still pending; straight from the API, as
-    it is one email, at once. Raises on an SMTP failure, so the event stays unrouted and the
-    store's retry of it sends the email again."""
-    async with sessions() as session:
-        contact = await session.get(Contact, contact_id)
-    if contact is None or contact.consent != Consent.PENDING:
-        return False
-    mid = confirmation_message_id(event_id, settings.from_domain)
-    rendered = _shared_renderer().render(
-        CONFIRM_TEMPLATE, confirmation_context(settings, contact, mid)
-    )
-    message = build_message(
-        rendered,
-        from_email=settings.from_email,
-        to_email=contact.email,
-        to_name=contact.first_name,
-        message_id=mid,
-        headers={"X-Nudge-Flow": "double_opt_in"},
-    )
-    signer = None
-    if settings.dkim_selector and settings.dkim_private_key_file:
-        signer = DkimSigner(
-            settings.dkim_selector,
-            settings.dkim_domain or settings.from_domain,
-            settings.dkim_private_key_file.read_bytes(),
-        )
-    sender = SmtpSender(
-        settings.smtp_host, settings.smtp_port, settings.smtp_timeout, signer=signer
-    )
-    try:
-        await sender.send(message)
-    finally:
-        await sender.close()
-    return True
-
-
-def confirmation_context(settings: Settings, contact: Contact, mid: str) -> dict[str, Any]:
-    return {
-        "contact": personalize.contact_context(contact),
-        "store": {
-            "name": settings.store_name,
-            "address": settings.store_address,
-            "url": settings.public_url,
-            "logo_url": settings.store_logo_url,
-        },
-        "loyalty": {"tier": None, "points": 0},
-        "message_id": mid,
-        "now": utcnow(),
-        "unsubscribe_url": None,
-        "confirm_url": confirm_url(settings, contact.id, mid),
-    }

@@ -29,7 +29,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from nudge.commerce import catalog
-from nudge.contacts import consent, directory
+from nudge.contacts import directory
 from nudge.events import log as event_log
 from nudge.events import schemas as ev
 from nudge.intake import projection
@@ -37,6 +37,7 @@ from nudge.journeys import records
 from nudge.journeys.contracts import JourneyEvent, JourneyInput, JourneyStatus, workflow_id
 from nudge.journeys.reentry import Reentry
 from nudge.journeys.search_attributes import start_search_attributes
+from nudge.mail import confirmation
 from nudge.segments import membership
 from nudge.settings import Settings
 from nudge.storage.models import utcnow
@@ -156,7 +157,7 @@ class EventRouter:
         if isinstance(event, ev.CustomerSubscribed) and self.settings.double_opt_in:
             # Double opt-in: the subscription reaches flows only once confirmed (api/routers/
             # preferences.py ingests it again then); until then, the confirmation email.
-            if await consent.send_confirmation_if_pending(
+            if await confirmation.send_confirmation_if_pending(
                 self.sessions, self.settings, contact_id, event.id
             ):
                 current = False

@@ -1,24 +1,147 @@
-"""The personal parts of an email's template context, read from the database.
+"""An email's template context: everything a template may use (README "Personal content").
 
-`activities/email.py` (`EmailActivities._context`) puts them together; each part is plain data
-(dicts, lists, sets), so templates never reach the database.
+`email_context` builds it for every email Nudge renders: a journey's (the send activity,
+activities/email.py, and the report's preview, nudge/analytics/reports.py) and the double opt-in
+confirmation (nudge/mail/confirmation.py). Each part is plain data (dicts, lists, sets), so
+templates never reach the database.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nudge.commerce import catalog, coupons, loyalty, recommend
+from nudge.commerce import catalog, coupons, loyalty, orders, recommend
 from nudge.settings import Settings
-from nudge.storage.models import Contact, Order, Product, SegmentMember
+from nudge.storage.models import Cart, Contact, Order, Product, SegmentMember
 
 FIRST_NAME_FALLBACK = "there"
+# An email outside journeys (the confirmation) shows no loyalty line: `loyalty.tier` is None.
+NO_LOYALTY = {"tier": None, "points": 0}
+
+
+@dataclass(frozen=True, slots=True)
+class JourneyEmail:
+    """What a journey's email is about, for the parts of its context that cost queries."""
+
+    # The variables its template reads (Renderer.variables): only those parts are built.
+    uses: frozenset[str]
+    # The journey's key: a cart token, a product id (product flows) or an order id.
+    key: str
+    trigger_event_id: str
+    # One coupon per source: a retried send shows the code it first showed.
+    offer_source: str
+    offer_percent: int | None = None
+
+
+async def email_context(
+    session: AsyncSession,
+    settings: Settings,
+    contact: Contact,
+    message_id: str,
+    *,
+    journey: JourneyEmail | None = None,
+    unsubscribe_url: str | None = None,
+) -> dict[str, Any]:
+    """The context of one email to `contact`: the contact, the store, the message and its
+    unsubscribe link; for a journey's email also the contact's segments and loyalty, and the
+    parts its template uses (see `journey_parts`). Nothing else reads the database."""
+    now = datetime.now(UTC)
+    context: dict[str, Any] = {
+        "contact": contact_context(contact),
+        "store": store_context(settings),
+        "loyalty": dict(NO_LOYALTY),
+        "message_id": message_id,
+        "now": now,
+        "unsubscribe_url": unsubscribe_url,
+    }
+    if journey is not None:
+        segments = await segment_ids(session, contact.id)
+        context["segments"] = segments
+        context["is_vip"] = "vip" in segments
+        context["loyalty"] = await loyalty_context(session, contact.id, settings)
+        context |= await journey_parts(session, settings, contact, journey, segments, now)
+    return context
+
+
+async def journey_parts(
+    session: AsyncSession,
+    settings: Settings,
+    contact: Contact,
+    journey: JourneyEmail,
+    segments: frozenset[str],
+    now: datetime,
+) -> dict[str, Any]:
+    """The cart the journey is about (if its key is one), and the product, order,
+    recommendations, last order and offer when the template uses them."""
+    uses = journey.uses
+    parts: dict[str, Any] = {}
+    cart = await orders.get_cart(session, journey.key)
+    seeds = [] if cart is None else [line.product_id for line in cart.lines]
+    if cart is not None:
+        parts["cart"] = cart_context(settings, cart)
+    if cart is None and "product" in uses:
+        # A product flow (browse abandonment, back in stock, price drop): keyed by product id.
+        parts["product"] = await product(session, journey.key, journey.trigger_event_id)
+        # Its recommendations are products like it, never itself.
+        seeds = [parts["product"]["id"]] if parts["product"] else []
+    if "order" in uses:
+        parts["order"] = await order(session, contact.id, journey.key)
+        if not seeds:
+            # After an order (post-purchase cross-sell), what goes with what was bought.
+            seeds = [line["product_id"] for line in (parts["order"] or {}).get("lines", [])]
+    if uses & {"recommendations", "alternatives"}:
+        found = await recommendations(session, contact.id, seeds, now)
+        # `alternatives` is the older name, kept for templates that use it.
+        parts["recommendations"] = parts["alternatives"] = found
+    if "last_order" in uses:
+        parts["last_order"] = await last_order(session, contact.id)
+    if "offer" in uses:
+        parts["offer"] = await offer(
+            session,
+            contact.id,
+            source=journey.offer_source,
+            segments=segments,
+            settings=settings,
+            now=now,
+            percent=journey.offer_percent,
+        )
+    return parts
+
+
+def store_context(settings: Settings) -> dict[str, Any]:
+    return {
+        "name": settings.store_name,
+        "address": settings.store_address,
+        "url": settings.public_url,
+        "logo_url": settings.store_logo_url,
+    }
+
+
+def cart_context(settings: Settings, cart: Cart) -> dict[str, Any]:
+    return {
+        "token": cart.token,
+        "currency": cart.currency,
+        "checkout_url": cart.checkout_url or settings.public_url,
+        "lines": [
+            {
+                "product_id": line.product_id,
+                "title": line.title,
+                "price": line.price,
+                "quantity": line.quantity,
+                "image_url": line.image_url,
+                "url": line.url,
+            }
+            for line in cart.lines
+        ],
+        "total": sum((line.price * line.quantity for line in cart.lines), start=0),
+    }
 
 
 def contact_context(contact: Contact) -> dict[str, Any]:

@@ -252,6 +252,13 @@ _DOCUMENT = re.compile(r"<!doctype|<html\b", re.IGNORECASE)
 _EXTENDS = re.compile(r"\{%-?\s*extends\b")
 
 
+@lru_cache(maxsize=1)
+def shared_renderer() -> Renderer:
+    """One renderer of the shipped templates per process, for the emails sent or drawn outside
+    the worker (the confirmation, the report's preview): it pre-inlines every template's CSS."""
+    return Renderer()
+
+
 def preinline(
     env: Environment, templates_dir: Path, inliner: css_inline.CSSInliner
 ) -> dict[str, str] | None:

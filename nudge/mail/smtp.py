@@ -33,6 +33,7 @@ from aiosmtplib.email import extract_recipients, extract_sender
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 
 from nudge.mail.render import RenderedEmail
+from nudge.settings import Settings
 
 Commit = Callable[[], Awaitable[None]]
 
@@ -327,6 +328,19 @@ class SmtpSender:
         client = _TwoPhaseSMTP(hostname=self.host, port=self.port, timeout=self.timeout)
         await client.connect()
         return client
+
+
+def sender_from_settings(settings: Settings) -> SmtpSender:
+    """The sender of every email Nudge sends (journeys, the confirmation): `NUDGE_SMTP_*`, and
+    DKIM signing when both `NUDGE_DKIM_SELECTOR` and `NUDGE_DKIM_PRIVATE_KEY_FILE` are set."""
+    signer = None
+    if settings.dkim_selector and settings.dkim_private_key_file:
+        signer = DkimSigner(
+            settings.dkim_selector,
+            settings.dkim_domain or settings.from_domain,
+            settings.dkim_private_key_file.read_bytes(),
+        )
+    return SmtpSender(settings.smtp_host, settings.smtp_port, settings.smtp_timeout, signer=signer)
 
 
 def smtp_code(err: BaseException) -> int | None:

@@ -1,7 +1,7 @@
 """Open and click tracking: a 1x1 pixel per message and every link rewritten to a signed redirect.
 
-A click link carries the message id, the contact and the original URL under an HMAC-SHA256
-(`NUDGE_SECRET_KEY`, purpose "click"), so the redirect only ever sends a reader to a URL that was
+A click link carries the message id, the contact and the original URL, signed for the purpose
+"click" (nudge/mail/links.py), so the redirect only ever sends a reader to a URL that was
 in the email (no open redirect) and a token edited in any way is refused. Links to Nudge's own
 unsubscribe page and the `List-Unsubscribe` header stay direct: unsubscribing must never depend
 on the tracker.
@@ -19,8 +19,6 @@ Machine opens and clicks are recorded with `machine=True` and left out of the hu
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import html
 import ipaddress
 import re
@@ -30,11 +28,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nudge.mail import tokens
+from nudge.mail import links
 from nudge.mail.render import RenderedEmail
 from nudge.settings import Settings
 from nudge.storage.models import Message, MessageEvent, utcnow
 
+# Kinds of message events (`message_events.kind`).
 OPEN = "open"
 CLICK = "click"
 UNSUBSCRIBE = "unsubscribe"
@@ -73,10 +72,6 @@ APPLE_PROXY_AGENT = "Mozilla/5.0"
 APPLE_NETWORK = ipaddress.ip_network("17.0.0.0/8")
 
 
-class InvalidLink(tokens.InvalidToken):
-    """A click token that was forged, altered or truncated."""
-
-
 @dataclass(frozen=True, slots=True)
 class ClickClaims:
     contact_id: int
@@ -84,42 +79,30 @@ class ClickClaims:
     url: str
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _mac(secret: str, body: str) -> bytes:
-    return hmac.new(secret.encode(), f"{CLICK}\x1f{body}".encode(), hashlib.sha256).digest()
-
-
 def sign_click(secret: str, claims: ClickClaims) -> str:
-    body = _b64(f"{claims.contact_id}\x1f{claims.message_id}\x1f{claims.url}".encode())
-    return f"{body}.{_b64(_mac(secret, body))}"
+    return links.sign_fields(
+        secret, links.CLICK, str(claims.contact_id), claims.message_id, claims.url
+    )
 
 
 def verify_click(secret: str, token: str) -> ClickClaims:
+    """The click's claims; raises links.InvalidToken for a token that was forged, altered or
+    truncated, or whose URL is not a web link (the redirect never goes anywhere else)."""
+    contact_id, message_id, url = links.verify_fields(secret, links.CLICK, token, 3)
+    if not _is_web(url):
+        raise links.InvalidToken("not a web link")
     try:
-        body, mac = token.split(".")
-        if not hmac.compare_digest(_unb64(mac), _mac(secret, body)):
-            raise InvalidLink("bad signature")
-        contact_id, message_id, url = _unb64(body).decode().split("\x1f")
-        if not _is_web(url):
-            raise InvalidLink("not a web link")
         return ClickClaims(int(contact_id), message_id, url)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise InvalidLink(str(err)) from None
+    except ValueError as err:
+        raise links.InvalidToken(str(err)) from None
 
 
 def sign_open(secret: str, contact_id: int, message_id: str) -> str:
-    return tokens.sign(secret, OPEN, tokens.TokenClaims(contact_id, message_id))
+    return links.sign(secret, links.OPEN, links.TokenClaims(contact_id, message_id))
 
 
-def verify_open(secret: str, token: str) -> tokens.TokenClaims:
-    return tokens.verify(secret, OPEN, token)
+def verify_open(secret: str, token: str) -> links.TokenClaims:
+    return links.verify(secret, links.OPEN, token)
 
 
 def _is_web(url: str) -> bool:

@@ -394,6 +394,22 @@ async def test_reports_need_the_key_and_name_bad_parameters(tracked: Stack) -> N
     assert "FlowReport" in schema["components"]["schemas"]
 
 
+async def test_the_dashboard_pages_load_their_stylesheet_and_script(tracked: Stack) -> None:
+    # The sign-in page links the stylesheet; the files are served without a key (no data in
+    # them), and nothing but the dashboard's own two files is.
+    page = await tracked.http.get("/dashboard")
+    assert page.status_code == 200 and "/dashboard/static/dashboard.css" in page.text
+    css = await tracked.http.get("/dashboard/static/dashboard.css")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    assert ".cards {" in css.text
+    script = await tracked.http.get("/dashboard/static/dashboard.js")
+    assert script.status_code == 200
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert "async function storePage" in script.text
+    for name in ("app.py", "..%2Fapp.py", "../routers/dashboard.py"):
+        assert (await tracked.http.get(f"/dashboard/static/{name}")).status_code == 404
+
+
 def test_text_links_keep_their_punctuation() -> None:
     settings = Settings(secret_key="test-secret", public_url="http://localhost:8000")
     rendered = RenderedEmail(

@@ -1,12 +1,12 @@
 """The report service behind `GET /v1/reports/...` and the dashboard: figures from
-nudge/metrics.py and A/B standings from nudge/abtest.py, shaped as the API's response models."""
+nudge/analytics/metrics.py and A/B standings from nudge/analytics/abtest.py, shaped as the API's
+response models, and the preview of a flow's emails."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
-from functools import lru_cache
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -14,13 +14,12 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from activities.email import EmailActivities
 from nudge.analytics import abtest, metrics
-from nudge.journeys.contracts import SendEmailInput
-from nudge.mail.render import Renderer, TemplateProblem
-from nudge.mail.smtp import SmtpSender
+from nudge.mail import links
+from nudge.mail.context import JourneyEmail, email_context
+from nudge.mail.render import TemplateProblem, shared_renderer
 from nudge.settings import Settings
-from nudge.storage.models import Cart, Contact, Segment, utcnow
+from nudge.storage.models import Cart, Contact, Segment
 
 
 class Metrics(BaseModel):
@@ -278,11 +277,6 @@ def _funnel(f: metrics.Figures) -> list[FunnelStage]:
     ]
 
 
-@lru_cache(maxsize=1)
-def _renderer() -> Renderer:
-    return Renderer()
-
-
 async def preview(
     sessions: async_sessionmaker[AsyncSession],
     settings: Settings,
@@ -293,10 +287,6 @@ async def preview(
     """Every email of `flow` (the templates it declares in `emails`, then every step its log
     has) rendered for `contact` as the send activity would, without tracking. Nothing a render
     writes (a coupon for an `offer`) is kept: the session is rolled back."""
-    activities = EmailActivities(
-        sessions, SmtpSender(settings.smtp_host, settings.smtp_port), settings, _renderer()
-    )
-    previews: list[EmailPreview] = []
     async with sessions() as session:
         emails = [(name, name) for name in declared]
         emails += [e for e in await metrics.templates_of(session, flow) if e not in emails]
@@ -306,42 +296,47 @@ async def preview(
             .order_by(Cart.updated_at.desc())
             .limit(1)
         )
-        for step, template in emails:
-            job = SendEmailInput(
-                workflow_id=f"preview-{flow}-{contact.id}",
-                trigger_event_id="preview",
-                flow=flow,
-                step=step,
-                template=template,
-                contact_id=contact.id,
-                key=cart or "preview",
-                journey_started_at=utcnow(),
-            )
-            mid = f"preview-{step}@{settings.from_domain}"
-            try:
-                # The activity's own context builder: the preview is what the contact would get.
-                context = await activities._context(session, job, contact, mid)
-                rendered = activities.renderer.render(template, context)
-            except TemplateProblem as err:
-                previews.append(
-                    EmailPreview(
-                        step=step,
-                        template=template,
-                        subject=None,
-                        html=None,
-                        text=None,
-                        error=str(err),
-                    )
-                )
-                continue
-            previews.append(
-                EmailPreview(
-                    step=step,
-                    template=template,
-                    subject=rendered.subject,
-                    html=rendered.html,
-                    text=rendered.text,
-                )
-            )
+        previews = [
+            await _preview_one(session, settings, flow, step, template, contact, cart)
+            for step, template in emails
+        ]
         await session.rollback()
     return previews
+
+
+async def _preview_one(
+    session: AsyncSession,
+    settings: Settings,
+    flow: str,
+    step: str,
+    template: str,
+    contact: Contact,
+    cart: str | None,
+) -> EmailPreview:
+    """One email, with the context the send activity builds (nudge/mail/context.py) for a
+    journey keyed by the contact's latest cart."""
+    renderer = shared_renderer()
+    mid = f"preview-{step}@{settings.from_domain}"
+    journey = JourneyEmail(
+        uses=renderer.variables(template),
+        key=cart or "preview",
+        trigger_event_id="preview",
+        offer_source=f"preview-{flow}-{contact.id}:preview:{step}",
+    )
+    unsubscribe = links.unsubscribe_url(settings, contact.id, mid)
+    try:
+        context = await email_context(
+            session, settings, contact, mid, journey=journey, unsubscribe_url=unsubscribe
+        )
+        rendered = renderer.render(template, context)
+    except TemplateProblem as err:
+        return EmailPreview(
+            step=step, template=template, subject=None, html=None, text=None, error=str(err)
+        )
+    return EmailPreview(
+        step=step,
+        template=template,
+        subject=rendered.subject,
+        html=rendered.html,
+        text=rendered.text,
+    )
