@@ -3,8 +3,8 @@
 `profile` is what `Journey.profile()` / `in_segment()` read: the contact's segments, properties,
 tags, orders (refunded ones excluded, as segments count them) and last engagement (the newest
 open or click by a person: privacy-proxy opens and link-scanner clicks are `machine` events and
-prove nothing, see nudge/tracking.py). `update_contact` is `Journey.update_contact()`: properties
-merged, tags added, and with `suppress` a marketing suppression (nudge/suppression.py). Every
+prove nothing, see nudge/mail/tracking.py). `update_contact` is `Journey.update_contact()`: properties
+merged, tags added, and with `suppress` a marketing suppression (nudge/contacts/suppression.py). Every
 write is idempotent, so a retried attempt changes nothing more.
 
 A contact that no longer exists (erased on request) has an empty profile and nothing to update:
@@ -30,7 +30,7 @@ from nudge.storage.models import Contact, ContactTag, MessageEvent, Order, Segme
 
 log = logging.getLogger(__name__)
 
-# The names a store event may use (nudge/events.py), so a flow writes nothing an event could not.
+# The names a store event may use (nudge/events/schemas.py), so a flow writes nothing an event could not.
 PROPERTY_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 TAG_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 # The `source` of a suppression a flow step adds (the journey and step go in its details).

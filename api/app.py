@@ -65,38 +65,46 @@ def create_app(
     )
     app.state.settings = settings
     errors.install(app)
-    app.include_router(events.router, prefix="/v1", dependencies=[Depends(require_api_key)])
-    app.include_router(products.router, prefix="/v1", dependencies=[Depends(require_api_key)])
-    app.include_router(contacts.router, prefix="/v1", dependencies=[Depends(require_api_key)])
-    app.include_router(segments.router, prefix="/v1", dependencies=[Depends(require_api_key)])
+    include_routers(app)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.openapi = lambda: openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def include_routers(app: FastAPI) -> None:
+    """Every route, each with how it authenticates."""
+    key = [Depends(require_api_key)]
+    app.include_router(events.router, prefix="/v1", dependencies=key)
+    app.include_router(products.router, prefix="/v1", dependencies=key)
+    app.include_router(contacts.router, prefix="/v1", dependencies=key)
+    app.include_router(segments.router, prefix="/v1", dependencies=key)
     # Signed links act without a key: the token is the credential.
     app.include_router(email_links.router)
     # Deliverability (README "Deliverability and consent"): each authenticates its own way.
-    app.include_router(suppressions.router, prefix="/v1", dependencies=[Depends(require_api_key)])
+    app.include_router(suppressions.router, prefix="/v1", dependencies=key)
     app.include_router(webhooks.router)
     # Reports take the key as a header or as the dashboard's cookie (api/routers/reports.py).
     app.include_router(reports.router, prefix="/v1")
     app.include_router(tracking.router)
     app.include_router(dashboard.router)
 
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-            # The event body is validated by hand (for precise errors); publish its real schema.
-            event_schema = ev.event_adapter.json_schema(ref_template="#/components/schemas/{model}")
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(event_schema.pop("$defs", {}))
-            components["StoreEvent"] = event_schema
-            components.update(segments.schemas())
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-    return app
+def openapi(app: FastAPI) -> dict[str, Any]:
+    """The generated schema, with the real schemas of the bodies validated by hand."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        # The event body is validated by hand (for precise errors); publish its real schema.
+        event_schema = ev.event_adapter.json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(event_schema.pop("$defs", {}))
+        components["StoreEvent"] = event_schema
+        components.update(segments.schemas())
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def __getattr__(name: str) -> Any:

@@ -5,7 +5,7 @@
 Baseline: the email's HTML template rendered by a plain `jinja2.Environment` (the same files,
 filters and context; no CSS inlining, no text part, no MIME). Nudge: what the send activity does
 for one email, `Renderer().render(name, context)` (subject, HTML with the CSS inlined, text part),
-`nudge.mail.build_message(...)` and `message.as_bytes()` (the bytes the SMTP client sends). Also
+`nudge.mail.smtp.build_message(...)` and `message.as_bytes()` (the bytes the SMTP client sends). Also
 measured in the same run: the same path with the CSS inlined into every rendered message (the
 renderer's behaviour before it inlined at load), and each stage alone, so the costs are visible.
 
@@ -231,7 +231,7 @@ def measure(name: str, messages: int, rounds: int) -> None:
         )
     mime = t["mime_build"] + t["serialise"]
     print(
-        f"  nudge/mail.py (build + as_bytes) is {mime / total:.0%} of the message; "
+        f"  nudge/mail/smtp.py (build + as_bytes) is {mime / total:.0%} of the message; "
         f"rendering alone would allow {t['bare'] / (total - mime):.2f}x"
     )
 

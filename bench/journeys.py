@@ -417,7 +417,7 @@ async def run_nudge(bench: harness.Bench, config: Config) -> Phase:
         from nudge.storage.db import create_engine, session_maker
         from workflows import FLOWS
 
-        phase = Phase("nudge", "Ingestor in the bench process (no HTTP)", n)
+        phase = Phase("nudge", "EventRouter in the bench process (no HTTP)", n)
         settings = Settings(
             database_url=database,
             temporal_address=bench.temporal_address,
@@ -600,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         "--start",
         choices=("api", "ingestor"),
         default=defaults.start,
-        help="start Nudge journeys through the API process or the Ingestor in this process",
+        help="start Nudge journeys through the API process or the EventRouter in this process",
     )
     parser.add_argument(
         "--histories", type=int, default=defaults.histories, help="histories sampled per side"

@@ -293,7 +293,7 @@ class Measurement:
                 Sleeper.run, PARK_HOURS, id=journey_id("bare", i), task_queue=self.task_queue
             )
             return
-        # As api/ingest.py starts the journey of a cart_updated event.
+        # As nudge/journeys/routing.py starts the journey of a cart_updated event.
         contact_id, key = i + 1, f"bench-cart-{i}"
         await self.client.start_workflow(
             FLOW,

@@ -1,4 +1,4 @@
-"""Reports at scale on PostgreSQL: the figures of nudge/metrics.py over a million messages.
+"""Reports at scale on PostgreSQL: the figures of nudge/analytics/metrics.py over a million messages.
 
     python -m bench.reports [--messages 1000000] [--contacts 200000] [--orders 100000]
                             [--database-url postgresql+asyncpg://postgres@127.0.0.1:5432/test]

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     store_name: str = "Nudge Store"
     store_address: str = "1 Market Street, Lisbon, Portugal"
     store_logo_url: str | None = Field(default=None, description="Logo atop every email")
-    # Unique coupons (nudge/coupons.py): a contact gets the highest percent of their segments.
+    # Unique coupons (nudge/commerce/coupons.py): a contact gets the highest percent of their segments.
     coupon_prefix: str = Field(default="NUDGE", pattern=r"^[A-Z0-9]{1,16}$")
     coupon_percent: int = Field(default=10, ge=1, le=100)
     coupon_vip_percent: int = Field(default=20, ge=1, le=100)
@@ -43,7 +43,7 @@ class Settings(BaseSettings):
         default_factory=dict, description='Other segments\' percents, JSON: {"lapsed": 15}'
     )
     coupon_valid_hours: float = Field(default=24, gt=0)
-    # Loyalty (nudge/loyalty.py): points per currency unit spent, times the tier's multiplier;
+    # Loyalty (nudge/commerce/loyalty.py): points per currency unit spent, times the tier's multiplier;
     # tiers by lifetime spend. The two maps are JSON in the environment and name the same tiers.
     loyalty_points_per_unit: Decimal = Field(default=Decimal(1), ge=0)
     loyalty_tiers: dict[str, Decimal] = Field(

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the Temporal dev server for Nudge in the foreground (Ctrl-C stops it).
 #
-# The flags and search attributes live in nudge/temporal_dev.py, which tests and
+# The flags and search attributes live in nudge/dev/temporal_dev.py, which tests and
 # `make run` use too; this script only finds a Python to run it with.
 #
 #   TEMPORAL_PORT (7233)  TEMPORAL_UI_PORT (8233)  NUDGE_DATA_DIR (data)  VENV (.venv)

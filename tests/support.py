@@ -43,7 +43,7 @@ def new_email() -> str:
 
 
 def untracked(text: str, secret: str) -> str:
-    """`text` with each click-tracking link (nudge/tracking.py) replaced by the URL it leads to."""
+    """`text` with each click-tracking link (nudge/mail/tracking.py) replaced by the URL it leads to."""
     return re.sub(
         r"https?://[^\s\"'<>]+/t/c/([A-Za-z0-9_.-]+)",
         lambda match: tracking.verify_click(secret, match.group(1)).url,

@@ -1,5 +1,5 @@
 """Back in stock: a product a contact asked about (`back_in_stock_requested`) or viewed while it
-was sold out is available again (`POST /v1/products` raises `back_in_stock`, nudge/catalog.py).
+was sold out is available again (`POST /v1/products` raises `back_in_stock`, nudge/commerce/catalog.py).
 
 1. At once (quiet hours aside): the product is back, with its picture and a link.
    Smart sending does not apply: this is news the contact asked for.     -> `back_in_stock_1`

@@ -1,5 +1,5 @@
 """Price drop: a product a contact viewed in the last 30 days got cheaper (`POST /v1/products`
-raises `price_dropped` with the old and the new price, nudge/catalog.py).
+raises `price_dropped` with the old and the new price, nudge/commerce/catalog.py).
 
 1. An hour after the drop (an order placed meanwhile, often by someone who saw the new price on
    the site, ends the journey before any email): the product, its old price struck through and

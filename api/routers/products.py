@@ -1,7 +1,7 @@
 """`POST /v1/products`: the store's catalogue, and the restocks and price drops it reveals.
 
 Each post upserts the products, and stores the `back_in_stock` / `price_dropped` events their
-changes raise (nudge/catalog.py) in the same transaction, unrouted. They are then routed like
+changes raise (nudge/commerce/catalog.py) in the same transaction, unrouted. They are then routed like
 store events (`EventRouter.route_catalog_changes`: trigger events start journeys, goal events signal them) and marked
 routed only once Temporal has them; a retried post, which finds nothing changed any more, routes
 whatever a crash left unrouted for its products.

@@ -19,7 +19,7 @@ from api.errors import Invalid, Refused
 from nudge.contacts import suppression
 from nudge.contacts.suppression import Feedback
 from nudge.events import schemas as ev
-from nudge.mail import feedback as webhooks
+from nudge.mail import feedback
 from nudge.storage.models import Contact, utcnow
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
@@ -30,19 +30,19 @@ def _authenticated() -> Iterator[None]:
     """A call the provider's check finds forged is refused (401) before anything changes."""
     try:
         yield
-    except webhooks.Forged as err:
+    except feedback.Forged as err:
         raise Refused(f"webhook refused: {err}") from None
 
 
 async def _apply(
-    feedback: Iterable[Feedback],
+    reports: Iterable[Feedback],
     sessions: SessionsDep,
     settings: SettingsDep,
     routing: RoutingDep,
 ) -> dict[str, int | str]:
     outcomes = []
     async with sessions.begin() as session:
-        for item in feedback:
+        for item in reports:
             outcomes.append(await suppression.record_feedback(session, item))
     for outcome in outcomes:
         if outcome.suppressed != "complaint" or outcome.contact_id is None:
@@ -71,26 +71,26 @@ async def ses(
     settings: SettingsDep,
     routing: RoutingDep,
 ) -> dict[str, int | str]:
-    message = webhooks.loads(await request.body())
-    fetch = getattr(request.app.state, "fetch", None) or webhooks.http_get
+    message = feedback.loads(await request.body())
+    fetch = getattr(request.app.state, "fetch", None) or feedback.http_get
     with _authenticated():
         if not isinstance(message, dict):
-            raise webhooks.Forged("not an SNS message")
-        await webhooks.verify_sns(message, settings, fetch)
+            raise feedback.Forged("not an SNS message")
+        await feedback.verify_sns(message, settings, fetch)
         if message["Type"] == "SubscriptionConfirmation":
-            await fetch(webhooks.subscribe_url(message))
+            await fetch(feedback.subscribe_url(message))
             return {"status": "subscribed"}
     if message["Type"] != "Notification":
         return {"status": "ignored"}
-    notification = webhooks.loads(str(message.get("Message", "")).encode())
+    notification = feedback.loads(str(message.get("Message", "")).encode())
     if not isinstance(notification, dict):
         raise Invalid(
             "invalid input: Message: not an SES notification (JSON)",
             fields=[{"field": "Message", "message": "not an SES notification (JSON)"}],
         )
     report_id = str(message.get("MessageId") or "") or None
-    feedback = webhooks.ses_feedback(notification, report_id)
-    return await _apply(feedback, sessions, settings, routing)
+    reports = feedback.ses_feedback(notification, report_id)
+    return await _apply(reports, sessions, settings, routing)
 
 
 @router.post("/sendgrid", summary="SendGrid signed event webhook")
@@ -102,14 +102,14 @@ async def sendgrid(
 ) -> dict[str, int | str]:
     body = await request.body()
     with _authenticated():
-        webhooks.verify_sendgrid(
+        feedback.verify_sendgrid(
             settings,
             body,
-            request.headers.get(webhooks.SENDGRID_SIGNATURE),
-            request.headers.get(webhooks.SENDGRID_TIMESTAMP),
+            request.headers.get(feedback.SENDGRID_SIGNATURE),
+            request.headers.get(feedback.SENDGRID_TIMESTAMP),
         )
-    events = webhooks.loads(body)
-    return await _apply(webhooks.sendgrid_feedback(events), sessions, settings, routing)
+    events = feedback.loads(body)
+    return await _apply(feedback.sendgrid_feedback(events), sessions, settings, routing)
 
 
 @router.post("/postmark", summary="Postmark bounce, spam complaint and delivery webhooks")
@@ -120,6 +120,6 @@ async def postmark(
     routing: RoutingDep,
 ) -> dict[str, int | str]:
     with _authenticated():
-        webhooks.verify_postmark(settings, request.headers.get("Authorization"))
-    record = webhooks.loads(await request.body())
-    return await _apply(webhooks.postmark_feedback(record), sessions, settings, routing)
+        feedback.verify_postmark(settings, request.headers.get("Authorization"))
+    record = feedback.loads(await request.body())
+    return await _apply(feedback.postmark_feedback(record), sessions, settings, routing)

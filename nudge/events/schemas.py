@@ -103,7 +103,7 @@ MAX_TAGS = 50
 
 
 class ContactIn(_Model):
-    # Syntax checked without DNS; role and reserved addresses refused (nudge/hygiene.py).
+    # Syntax checked without DNS; role and reserved addresses refused (nudge/events/hygiene.py).
     email: Annotated[EmailStr, AfterValidator(hygiene.check_address)]
     first_name: Name | None = None
     last_name: Name | None = None

@@ -276,7 +276,7 @@ def preinline(
         tag or attribute name, in a `style` attribute or in `<style>` (see `_Placement`);
       - the CSS does not select across template boundaries (a descendant selector whose two
         ends are in different files) or on render-time structure (`:first-child`, `+`, ...).
-    The first two are checked here; tests/nudge/test_render.py checks all of them for the
+    The first two are checked here; tests/nudge/mail/test_render.py checks all of them for the
     shipped templates by comparing both ways of rendering.
     """
     files = sorted(templates_dir.glob("*.html")) if templates_dir.is_dir() else []

@@ -127,7 +127,7 @@ class Product(Base):
     category: Mapped[str | None] = mapped_column(String(100), index=True)
     in_stock: Mapped[bool] = mapped_column(default=True)
     # What the catalogue (`POST /v1/products`) said last, apart from what events taught us:
-    # restocks and price drops are measured against it (nudge/catalog.py).
+    # restocks and price drops are measured against it (nudge/commerce/catalog.py).
     catalog_in_stock: Mapped[bool | None]
     catalog_price: Mapped[Decimal | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -274,7 +274,7 @@ class Message(Base):
     __table_args__ = (
         UniqueConstraint("workflow_id", "trigger_event_id", "step"),
         Index("ix_messages_contact_sent", "contact_id", "sent_at"),
-        # Reports group a flow's messages by send time (nudge/metrics.py).
+        # Reports group a flow's messages by send time (nudge/analytics/metrics.py).
         Index("ix_messages_flow_sent", "flow", "sent_at"),
     )
 
@@ -408,7 +408,7 @@ class MessageEvent(Base):
 
 
 class Suppression(Base):
-    """An address Nudge must not email for marketing (or at all, see nudge/suppression.py):
+    """An address Nudge must not email for marketing (or at all, see nudge/contacts/suppression.py):
     one row per contact and reason, kept until removed through the API."""
 
     __tablename__ = "suppressions"
@@ -466,7 +466,7 @@ class ProviderReport(Base):
 
 
 class AbDecision(Base):
-    """The A/B verdict of one flow step: from then on only `winner` is sent (nudge/abtest.py).
+    """The A/B verdict of one flow step: from then on only `winner` is sent (nudge/analytics/abtest.py).
     `numbers` keeps what it was decided on: per variant recipients, successes, P(best)."""
 
     __tablename__ = "ab_decisions"

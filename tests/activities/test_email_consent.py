@@ -1,4 +1,4 @@
-"""The send activity's consent checks (nudge/suppression.py), each on a real database and SMTP
+"""The send activity's consent checks (nudge/contacts/suppression.py), each on a real database and SMTP
 server: what the suppression list, topics and double opt-in let through, marketing versus
 transactional."""
 

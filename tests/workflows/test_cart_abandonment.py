@@ -51,7 +51,7 @@ async def test_abandoned_cart_gets_three_emails_at_their_offsets(stack: Stack) -
     assert first.html is not None and first.text is not None
     assert "Linen shirt" in first.html and "€49.00" in first.html
     assert 'src="https://shop.example/img/p1.jpg"' in first.html
-    # Through click tracking (nudge/tracking.py), to the cart's checkout.
+    # Through click tracking (nudge/mail/tracking.py), to the cart's checkout.
     assert f"https://shop.example/checkout/{token}" in untracked(
         first.text, stack.settings.secret_key
     )

@@ -16,7 +16,7 @@ from conftest import open_stack
 from nudge.dev.mailcatcher import MailCatcher
 from nudge.journeys.contracts import JourneyInput, JourneyState, JourneyStatus
 from nudge.journeys.search_attributes import start_search_attributes
-from nudge.mail import context as personalize
+from nudge.mail import context
 from nudge.storage.models import Coupon
 from support import (
     Stack,
@@ -103,9 +103,7 @@ async def test_subscriber_gets_four_emails_at_their_offsets(stack: Stack) -> Non
     rows = await stack.messages(wid)
     async with stack.sessions() as session:
         coupon = await session.get(Coupon, code)
-        expected = await personalize.recommendations(
-            session, state.contact_id, [], datetime.now(UTC)
-        )
+        expected = await context.recommendations(session, state.contact_id, [], datetime.now(UTC))
     assert coupon is not None
     assert (coupon.contact_id, coupon.kind, coupon.value) == (
         state.contact_id,

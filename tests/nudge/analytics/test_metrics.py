@@ -1,4 +1,4 @@
-"""Attribution rules of nudge/metrics.py on both databases: the last email a person clicked
+"""Attribution rules of nudge/analytics/metrics.py on both databases: the last email a person clicked
 (5 days) or opened (5 days) before the order gets it; machine activity, transactional emails
 and refunded orders never do; windows are settings."""
 

@@ -16,7 +16,7 @@ from nudge.commerce import coupons
 from nudge.contacts import directory
 from nudge.events import schemas as ev
 from nudge.intake import projection
-from nudge.mail import context as personalize
+from nudge.mail import context
 from nudge.settings import Settings
 from nudge.storage.models import Coupon, CouponAttempt, Order
 from support import new_email, new_id
@@ -182,7 +182,7 @@ async def test_a_step_sets_its_own_percent_over_the_segments(
     """`send(..., offer_percent=15)`: a win-back ladder grows its incentive, VIP or not."""
     contact_id, _ = await new_contact(sessions)
     async with sessions.begin() as session:
-        offer = await personalize.offer(
+        offer = await context.offer(
             session,
             contact_id,
             source="winback-1:evt:winback_2",
@@ -193,7 +193,7 @@ async def test_a_step_sets_its_own_percent_over_the_segments(
         )
         assert (offer["kind"], offer["percent"]) == ("percent", 15)
         with pytest.raises(ValueError, match="offer_percent"):
-            await personalize.offer(
+            await context.offer(
                 session,
                 contact_id,
                 source="winback-1:evt:winback_3",

@@ -1,4 +1,4 @@
-"""Provider feedback into the message log and the suppression list (nudge/suppression.py),
+"""Provider feedback into the message log and the suppression list (nudge/contacts/suppression.py),
 on SQLite and PostgreSQL."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Provider webhook authentication (nudge/webhooks.py) against real keys: SNS signatures
+"""Provider webhook authentication (nudge/mail/feedback.py) against real keys: SNS signatures
 (versions 1 and 2) checked with a certificate fetched from a local HTTP server, SendGrid's
 ECDSA signature, Postmark's basic credentials. Parsing into feedback."""
 
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from nudge.mail import feedback as webhooks
+from nudge.mail import feedback
 from nudge.settings import Settings
 from webhook_support import SendGridKey, SnsServer, ses_bounce, ses_complaint, sns_server
 
@@ -30,8 +30,8 @@ def settings(**kw: object) -> Settings:
 @pytest.mark.parametrize("version", ["1", "2"])
 async def test_a_signed_sns_message_verifies(sns: SnsServer, version: str) -> None:
     message = sns.notification(ses_bounce("ana@example.com", "m1@shop.example"), version)
-    await webhooks.verify_sns(
-        message, settings(sns_cert_url_pattern=sns.pattern), webhooks.http_get
+    await feedback.verify_sns(
+        message, settings(sns_cert_url_pattern=sns.pattern), feedback.http_get
     )
 
 
@@ -49,19 +49,19 @@ async def test_a_signed_sns_message_verifies(sns: SnsServer, version: str) -> No
 )
 async def test_an_altered_sns_message_is_refused(sns: SnsServer, tamper: object) -> None:
     message = sns.notification(ses_bounce("ana@example.com", "m1@shop.example"))
-    with pytest.raises(webhooks.Forged):
-        await webhooks.verify_sns(
+    with pytest.raises(feedback.Forged):
+        await feedback.verify_sns(
             tamper(message),  # type: ignore[operator]
             settings(sns_cert_url_pattern=sns.pattern),
-            webhooks.http_get,
+            feedback.http_get,
         )
 
 
 async def test_a_certificate_off_the_amazon_hosts_is_never_fetched(sns: SnsServer) -> None:
     message = sns.notification(ses_bounce("ana@example.com", None))
     before = len(sns.gets)
-    with pytest.raises(webhooks.Forged, match="untrusted SNS certificate URL"):
-        await webhooks.verify_sns(message, settings(), webhooks.http_get)  # the real pattern
+    with pytest.raises(feedback.Forged, match="untrusted SNS certificate URL"):
+        await feedback.verify_sns(message, settings(), feedback.http_get)  # the real pattern
     assert len(sns.gets) == before
     default = settings().sns_cert_url_pattern
 
@@ -88,23 +88,23 @@ async def test_the_subscribe_url_must_be_on_the_certificate_host(sns: SnsServer)
             "Timestamp": "2026-11-24T10:00:00Z",
         }
     )
-    await webhooks.verify_sns(
-        message, settings(sns_cert_url_pattern=sns.pattern), webhooks.http_get
+    await feedback.verify_sns(
+        message, settings(sns_cert_url_pattern=sns.pattern), feedback.http_get
     )
-    with pytest.raises(webhooks.Forged):
-        webhooks.subscribe_url(message)
+    with pytest.raises(feedback.Forged):
+        feedback.subscribe_url(message)
 
 
 def test_ses_notifications_become_feedback() -> None:
-    [hard] = webhooks.ses_feedback(ses_bounce("ana@example.com", "m1@shop.example"))
+    [hard] = feedback.ses_feedback(ses_bounce("ana@example.com", "m1@shop.example"))
     assert (hard.kind, hard.email, hard.message_id) == (
         "hard_bounce",
         "ana@example.com",
         "<m1@shop.example>",
     )
-    [soft] = webhooks.ses_feedback(ses_bounce("ana@example.com", None, permanent=False))
+    [soft] = feedback.ses_feedback(ses_bounce("ana@example.com", None, permanent=False))
     assert soft.kind == "soft_bounce"
-    [complaint] = webhooks.ses_feedback(ses_complaint("ana@example.com", "m2@shop.example"))
+    [complaint] = feedback.ses_feedback(ses_complaint("ana@example.com", "m2@shop.example"))
     assert (complaint.kind, complaint.message_id) == ("complaint", "<m2@shop.example>")
 
 
@@ -113,27 +113,27 @@ def test_sendgrid_signature() -> None:
     config = settings(sendgrid_webhook_public_key=key.public)
     body = json.dumps([{"email": "ana@example.com", "event": "spamreport"}]).encode()
     headers = key.headers(body)
-    signature = headers[webhooks.SENDGRID_SIGNATURE]
-    stamp = headers[webhooks.SENDGRID_TIMESTAMP]
-    webhooks.verify_sendgrid(config, body, signature, stamp)
+    signature = headers[feedback.SENDGRID_SIGNATURE]
+    stamp = headers[feedback.SENDGRID_TIMESTAMP]
+    feedback.verify_sendgrid(config, body, signature, stamp)
     for bad in (
         (body + b" ", signature, stamp),
         (body, signature, str(int(stamp) + 1)),
         (body, None, stamp),
         (body, "bm90IGEgc2lnbmF0dXJl", stamp),
     ):
-        with pytest.raises(webhooks.Forged):
-            webhooks.verify_sendgrid(config, *bad)
+        with pytest.raises(feedback.Forged):
+            feedback.verify_sendgrid(config, *bad)
     old = key.headers(body, int(time.time()) - 3600)
-    with pytest.raises(webhooks.Forged, match="stale"):
-        webhooks.verify_sendgrid(
-            config, body, old[webhooks.SENDGRID_SIGNATURE], old[webhooks.SENDGRID_TIMESTAMP]
+    with pytest.raises(feedback.Forged, match="stale"):
+        feedback.verify_sendgrid(
+            config, body, old[feedback.SENDGRID_SIGNATURE], old[feedback.SENDGRID_TIMESTAMP]
         )
-    with pytest.raises(webhooks.Forged):  # no key configured: nothing is trusted
-        webhooks.verify_sendgrid(settings(), body, signature, stamp)
+    with pytest.raises(feedback.Forged):  # no key configured: nothing is trusted
+        feedback.verify_sendgrid(settings(), body, signature, stamp)
     kinds = [
         f.kind
-        for f in webhooks.sendgrid_feedback(
+        for f in feedback.sendgrid_feedback(
             [
                 {"email": "a@example.com", "event": "bounce", "type": "bounce"},
                 {"email": "a@example.com", "event": "bounce", "type": "blocked"},
@@ -149,16 +149,16 @@ def test_sendgrid_signature() -> None:
 def test_postmark_basic_credentials() -> None:
     config = settings(postmark_webhook_user="pm", postmark_webhook_password="s3cret")
     good = "Basic " + base64.b64encode(b"pm:s3cret").decode()
-    webhooks.verify_postmark(config, good)
+    feedback.verify_postmark(config, good)
     for bad in (None, "Basic " + base64.b64encode(b"pm:wrong").decode(), "Bearer s3cret", "Basic"):
-        with pytest.raises(webhooks.Forged):
-            webhooks.verify_postmark(config, bad)
-    with pytest.raises(webhooks.Forged):  # unset credentials refuse everything
-        webhooks.verify_postmark(settings(), good)
-    [bounce] = webhooks.postmark_feedback(
+        with pytest.raises(feedback.Forged):
+            feedback.verify_postmark(config, bad)
+    with pytest.raises(feedback.Forged):  # unset credentials refuse everything
+        feedback.verify_postmark(settings(), good)
+    [bounce] = feedback.postmark_feedback(
         {"RecordType": "Bounce", "Type": "HardBounce", "Email": "a@example.com"}
     )
-    [spam] = webhooks.postmark_feedback(
+    [spam] = feedback.postmark_feedback(
         {"RecordType": "SpamComplaint", "Type": "SpamComplaint", "Email": "a@example.com"}
     )
     assert (bounce.kind, spam.kind) == ("hard_bounce", "complaint")

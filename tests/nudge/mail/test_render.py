@@ -16,7 +16,7 @@ from jinja2 import TemplateSyntaxError
 from nudge.mail.render import TEMPLATES, Renderer, TemplateProblem
 
 # The cart emails (the context below is a cart's); every shipped template is rendered for a
-# sample contact by tests/nudge/test_spamcheck.py.
+# sample contact by tests/nudge/dev/test_spamcheck.py.
 EMAILS = sorted(
     p.stem
     for p in TEMPLATES.glob("*.html")
