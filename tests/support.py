@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import uuid
@@ -204,6 +205,16 @@ class Stack:
 
     def mail_to(self, email: str) -> list[CaughtMessage]:
         return [m for m in self.mail.messages if email in m.rcpt_tos]
+
+    async def sent(self, workflow_id: str, step: str, *, within: float = 30.0) -> None:
+        """Wait until the journey's `step` is recorded as sent (the worker sends a journey's
+        first email moments after the API starts it; on a loaded machine, later). Bounded."""
+        deadline = asyncio.get_running_loop().time() + within
+        while not any(
+            m.step == step and m.status == "sent" for m in await self.messages(workflow_id)
+        ):
+            assert asyncio.get_running_loop().time() < deadline, f"{step} of {workflow_id} not sent"
+            await asyncio.sleep(0.05)
 
 
 # ---- segments and journeys of the lifecycle flows (win-back, VIP, sunset) ----------------------
