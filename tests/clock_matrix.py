@@ -22,6 +22,7 @@ Usage:
     python tests/clock_matrix.py --only fri,sat-2359 # some instants (names: --list)
     python tests/clock_matrix.py -- tests            # other tests: the whole suite
     python tests/clock_matrix.py -- tests -k coupon  # anything after -- goes to pytest
+    python tests/clock_matrix.py -- -k "not postgres"  # the date-touching tests, SQLite only
 
 CI=true is the default (PostgreSQL tests run, and a skip fails). Each run's output is kept in
 build/clock/<instant>.log.
@@ -231,7 +232,9 @@ def main() -> int:
         print("needs Debian's faketime (make system-deps installs it)", file=sys.stderr)
         return 2
     LOGS.mkdir(parents=True, exist_ok=True)
-    pytest_args = args.pytest_args or list(DATE_TOUCHING)
+    # Tests named after -- replace the date-touching ones; options alone (-k, -x) go with them.
+    names_tests = any((ROOT / a.split("::")[0]).exists() for a in args.pytest_args)
+    pytest_args = args.pytest_args if names_tests else [*DATE_TOUCHING, *args.pytest_args]
     print(f"pytest {' '.join(pytest_args)} at {len(chosen)} instants", flush=True)
     failed = [i.name for i in chosen if not run(i, pytest_args)]
     if failed:
