@@ -10,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint format clean chaos bench system-deps spamcheck
+.PHONY: venv run test lint format clean chaos bench system-deps spamcheck test-clock
 
 venv: $(STAMP)
 
@@ -32,10 +32,15 @@ lint: venv
 test: system-deps lint
 	$(BIN)/pytest
 
-# Debian packages the tests run for real (one list, for every feature that needs one):
-# spamassassin scores the shipped templates. Installed when missing, if we can (root + apt-get).
-SYSTEM_PACKAGES := spamassassin
-SYSTEM_COMMANDS := spamassassin
+# Debian packages the tests run for real (one list, for every feature that needs one; each
+# package's command, in the same order, tells whether it is there):
+#   spamassassin - scores the shipped templates (tests/nudge/test_spamcheck.py, make spamcheck)
+#   chromium     - the dashboard in a real browser (tests/api/test_dashboard_browser.py)
+#   faketime     - libfaketime, which moves the clock for `make test-clock`
+# Installed when missing, if we can (root + apt-get). Under CI=true a test whose tool is missing
+# fails, never skips (tests/ci_strict.py).
+SYSTEM_PACKAGES := spamassassin chromium faketime
+SYSTEM_COMMANDS := spamassassin chromium faketime
 
 system-deps:
 	@missing=""; set -- $(SYSTEM_COMMANDS); for pkg in $(SYSTEM_PACKAGES); do \
@@ -49,6 +54,13 @@ system-deps:
 			exit 1; \
 		fi; \
 	fi
+
+# The date-touching tests under libfaketime at each instant of tests/clock_matrix.py (every
+# weekday, the DST changes of Lisbon and New York, 23:59 UTC, 31 December, 29 February, machine
+# timezones other than UTC): one line per instant, fails if any fails. Only some instants, or
+# other tests: make test-clock CLOCK_ARGS='--only fri,sat-2359 -- tests/nudge'
+test-clock: system-deps venv
+	$(BIN)/python tests/clock_matrix.py $(CLOCK_ARGS)
 
 # SpamAssassin scores (local rules) of every shipped template; fails above 2.0.
 spamcheck: venv system-deps
@@ -70,4 +82,4 @@ format: venv
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache build/screenshots build/clock

@@ -28,6 +28,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.email import EmailActivities
 from api.app import create_app
+from ci_strict import pytest_make_collect_report, pytest_runtest_makereport
 from nudge.dev.mailcatcher import MailCatcher
 from nudge.dev.temporal_dev import SEARCH_ATTRIBUTES, temporal_binary
 from nudge.mail.smtp import SmtpSender
@@ -45,6 +46,8 @@ WORKFLOW_TASK_IN_FLIGHT = (
     EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED,
 )
 CI_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+# Under CI=true a skip fails the run (tests/ci_strict.py): every test runs there.
+__all__ = ["pytest_make_collect_report", "pytest_runtest_makereport"]
 
 
 def _test_server() -> str:
@@ -96,7 +99,7 @@ async def postgres_url() -> AsyncIterator[str]:
     base = os.environ.get("NUDGE_TEST_POSTGRES_URL") or (
         CI_POSTGRES_URL if os.environ.get("CI") else None
     )
-    if not base:
+    if not base:  # never in CI, where CI_POSTGRES_URL is the default
         pytest.skip("PostgreSQL tests need NUDGE_TEST_POSTGRES_URL (always run in CI)")
     # A fresh database per run, so the migrations are exercised from nothing every time.
     url = make_url(base)
@@ -226,3 +229,12 @@ async def _end_running_journeys(
                     await handle.terminate(reason="test over")
                     break
             await asyncio.sleep(0.1)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Where the screenshots of a browser test went (it records them as `screenshots`)."""
+    for outcome in ("passed", "failed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            for name, value in getattr(report, "user_properties", []):
+                if name == "screenshots" and report.when == "call":
+                    terminalreporter.write_line(f"screenshots of {report.nodeid}: {value}")

@@ -12,9 +12,11 @@ from decimal import Decimal
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import pytest_asyncio
+from babel.dates import format_date
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.exceptions import ApplicationError
@@ -430,6 +432,7 @@ async def test_emails_speak_the_contacts_locale_and_show_their_loyalty(
         await projection.apply_event(session, order, contact_id, settings=settings)
         await projection.apply_event(session, cart, contact_id, settings=settings)
 
+    before = utcnow()
     for step in ("cart_1", "cart_3"):
         result = await ActivityEnvironment().run(
             activities(sessions, settings).send_email, job(contact_id, token, step=step)
@@ -439,9 +442,17 @@ async def test_emails_speak_the_contacts_locale_and_show_their_loyalty(
     assert first.text is not None and first.html is not None and third.text is not None
     # No first name known: a friendly fallback, never "Hi ,".
     assert first.text.startswith("Hi there,\n")
-    # Money and dates as Portuguese write them (a no-break space before the euro sign).
+    # Money and dates as Portuguese write them (a no-break space before the euro sign). The
+    # expiry is the coupon's own (a day after sending: any weekday, month or year), in Lisbon's
+    # time, written by Babel's pt-PT calendar: "sábado, 5 de dezembro de 2026, 10:00".
     assert "- Linen shirt: 49,00\xa0€" in first.text
-    assert re.search(r"valid until \w+-feira, \d+ de \w+ de \d{4}", third.text)
+    [coupon] = await coupons_of(sessions, contact_id)
+    assert before + timedelta(hours=24) <= coupon.expires_at <= utcnow() + timedelta(hours=24)
+    expires = coupon.expires_at.astimezone(ZoneInfo("Europe/Lisbon"))
+    day = format_date(expires, "full", locale="pt_PT")
+    assert f"valid until {day}, {expires:%H:%M}.\n" in third.text
+    weekday = format_date(expires, "EEEE", locale="pt_PT")
+    assert third.subject == f"10% off your cart, until {weekday}, {expires:%H:%M}"
     # Silver (1234 spent) with 1234 points, in the footer of both parts; the store's logo.
     assert "Silver member: 1\xa0234 points\n" in first.text
     assert "Silver member · 1\xa0234 points" in first.html

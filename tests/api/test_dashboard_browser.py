@@ -1,13 +1,19 @@
 """The dashboard in headless Chromium (Debian's `chromium`, driven by Playwright) on a seeded store
 served by the real API over HTTP: sign in with the API key, the store page, a flow page (figures,
 funnel, chart, per-email and per-variant table with the A/B verdict, Temporal UI link) and the
-preview of the flow's emails; screenshots are saved under the test's tmp_path."""
+preview of the flow's emails. Its screenshots (store.png, flow.png, preview.png) are kept in
+build/screenshots/dashboard/ (or $NUDGE_SCREENSHOTS/dashboard/), a path it prints: the last
+line of pytest's summary names it.
+
+Debian's chromium is one of the system packages `make system-deps` installs; without it the
+test skips on a developer's machine and fails in CI (tests/ci_strict.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -35,9 +41,12 @@ from support import cart_event
 CHROMIUM = "/usr/bin/chromium"
 FLOW = "cart_abandonment"
 PREVIEW_EMAIL = "preview.reader@example.com"
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = Path(os.environ.get("NUDGE_SCREENSHOTS") or ROOT / "build" / "screenshots")
 
 pytestmark = pytest.mark.skipif(
-    shutil.which(CHROMIUM) is None, reason="needs Debian's chromium (make system-deps)"
+    shutil.which(CHROMIUM) is None,
+    reason=f"needs Debian's chromium at {CHROMIUM} (make system-deps installs it)",
 )
 
 
@@ -160,7 +169,19 @@ async def texts(page: Page, selector: str) -> list[str]:
     return [str(t).strip() for t in found]
 
 
-async def test_dashboard_shows_the_seeded_figures(served: Served, tmp_path: Path) -> None:
+@pytest.fixture
+def shots(record_property: Callable[[str, object], None]) -> Path:
+    """The folder of this test's screenshots, emptied, printed and recorded for the summary."""
+    folder = SCREENSHOTS / "dashboard"
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):
+        old.unlink()
+    print(f"dashboard screenshots: {folder}")
+    record_property("screenshots", str(folder))
+    return folder
+
+
+async def test_dashboard_shows_the_seeded_figures(served: Served, shots: Path) -> None:
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
             executable_path=CHROMIUM,
@@ -189,7 +210,7 @@ async def test_dashboard_shows_the_seeded_figures(served: Served, tmp_path: Path
             row = page.locator(f"#flows tr[data-flow={FLOW}]")
             assert await row.locator("[data-figure=sent]").inner_text() == "25"
             assert await row.locator("[data-figure=click_to_open_rate]").inner_text() == "41.7%"
-            await page.screenshot(path=str(tmp_path / "store.png"), full_page=True)
+            await page.screenshot(path=str(shots / "store.png"), full_page=True)
 
             await row.locator("a").click()
             await page.wait_for_url(f"**/dashboard/flows/{FLOW}**")
@@ -214,7 +235,7 @@ async def test_dashboard_shows_the_seeded_figures(served: Served, tmp_path: Path
                 "http://localhost:8233/namespaces/default/workflows?query=NudgeFlow%3D%22"
             )
             assert await page.locator("#series polyline").count() == 3
-            await page.screenshot(path=str(tmp_path / "flow.png"), full_page=True)
+            await page.screenshot(path=str(shots / "flow.png"), full_page=True)
 
             await page.fill("#preview-form input[name=contact]", PREVIEW_EMAIL)
             await page.click("#preview-form button")
@@ -229,11 +250,11 @@ async def test_dashboard_shows_the_seeded_figures(served: Served, tmp_path: Path
             for i in range(len(sections)):
                 frame = page.frame_locator("section[data-preview] iframe").nth(i)
                 assert "Linen shirt" in await frame.locator("body").inner_text()
-            await page.screenshot(path=str(tmp_path / "preview.png"), full_page=True)
+            await page.screenshot(path=str(shots / "preview.png"), full_page=True)
         finally:
             await browser.close()
     for name in ("store", "flow", "preview"):
-        assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+        assert (shots / f"{name}.png").stat().st_size > 10_000
     # Previewing cart_3 (which shows a unique code) kept no coupon.
     engine = create_engine(served.settings.database_url)
     async with session_maker(engine)() as session:
