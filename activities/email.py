@@ -29,7 +29,7 @@ from nudge.mail import links, messages, tracking
 from nudge.mail.context import JourneyEmail, email_context
 from nudge.mail.render import Renderer, TemplateProblem
 from nudge.mail.smtp import DotNotSent, OutgoingMessage, SmtpSender, build_message, smtp_code
-from nudge.mail.transport import SenderFault
+from nudge.mail.transport import SENDER_CODES, SenderFault
 from nudge.settings import Settings
 from nudge.storage.models import Contact, Message, MessageStatus
 
@@ -97,15 +97,26 @@ class EmailActivities:
             # Committed, but the final dot never left: the server kept nothing, so undo it.
             await self._requeue(mid, attempt, err, MessageStatus.SENT)
             raise
+        except aiosmtplib.SMTPResponseException as err:
+            if err.code not in SENDER_CODES or committed:
+                return await self._smtp_error(job, mid, err, committed)
+            # "Authenticate first" on a connection already open: the sender's, not the message's.
+            await self._requeue(mid, attempt, err, MessageStatus.SENDING)
+            raise sender_fault(SenderFault(f"{err.code} {err.message}")) from err
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as err:
-            if committed and smtp_code(err) is None:
-                # The server got the final dot and then went silent: it most likely accepted
-                # the message, and resending could duplicate it. The record stays `sent`.
-                log.warning("no reply after the final dot of %s: kept as sent (%s)", mid, err)
-                return SendEmailResult(message_id=mid, status=MessageStatus.SENT)
-            await self._smtp_failed(job, mid, err)
-            raise
+            return await self._smtp_error(job, mid, err, committed)
         return SendEmailResult(message_id=mid, status=MessageStatus.SENT)
+
+    async def _smtp_error(
+        self, job: SendEmailInput, mid: str, err: BaseException, committed: bool
+    ) -> SendEmailResult:
+        if committed and smtp_code(err) is None:
+            # The server got the final dot and then went silent: it most likely accepted
+            # the message, and resending could duplicate it. The record stays `sent`.
+            log.warning("no reply after the final dot of %s: kept as sent (%s)", mid, err)
+            return SendEmailResult(message_id=mid, status=MessageStatus.SENT)
+        await self._smtp_failed(job, mid, err)
+        raise err
 
     async def _prepare(
         self, session: AsyncSession, job: SendEmailInput, mid: str

@@ -243,3 +243,20 @@ async def test_a_crash_before_the_final_dot_over_tls_loses_and_duplicates_nothin
     sent = await row(sessions, job)
     assert (result.status, sent.status, sent.attempts) == ("sent", "sent", 2)
     assert server.ids() == [sent.message_id]
+
+
+async def test_a_server_that_wants_a_login_it_did_not_get_fails_nothing(
+    sessions: Sessions, settings: Settings, server: ProviderServer
+) -> None:
+    """No credentials: the server answers MAIL FROM with 530. The sender's fault again."""
+    how = Submission(server.mode, ca_file=settings.smtp_ca_file)
+    smtp = SmtpSender(settings.smtp_host, settings.smtp_port, 5.0, submission=how)
+    job = await seed(sessions)
+    with pytest.raises(ApplicationError) as raised:
+        await ActivityEnvironment().run(EmailActivities(sessions, smtp, settings).send_email, job)
+    await smtp.close()
+    assert raised.value.type == "SmtpSenderFault" and not raised.value.non_retryable
+    assert "530" in str(raised.value)
+    queued = await row(sessions, job)
+    assert (queued.status, queued.reason) == ("queued", None)
+    assert server.received == []
