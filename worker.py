@@ -14,6 +14,7 @@ import signal
 from collections.abc import Sequence
 from typing import Any
 
+import aiosmtplib
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import (
     Client,
@@ -36,7 +37,8 @@ from activities.segments import SegmentActivities
 from nudge.journeys.connection import connect
 from nudge.journeys.contracts import SegmentRefreshInput
 from nudge.journeys.routing import EventRouter
-from nudge.mail.smtp import sender_from_settings
+from nudge.mail.smtp import SmtpSender, sender_from_settings
+from nudge.mail.transport import SenderFault
 from nudge.segments import catalogue
 from nudge.settings import Settings, get_settings
 from nudge.storage.db import create_engine, session_maker
@@ -110,6 +112,22 @@ def email_activities(settings: Settings, engine: AsyncEngine) -> EmailActivities
     return EmailActivities(session_maker(engine), sender_from_settings(settings), settings)
 
 
+async def check_smtp(sender: SmtpSender) -> None:
+    """Say at start where mail goes and whether the server takes the login. A sender fault is
+    logged once by the sender (and again only when it changes); sends retry until it is fixed."""
+    how = sender.submission
+    where = f"{sender.host}:{sender.port} ({how.security}"
+    where += f", as {how.username})" if how.username else ", no login)"
+    try:
+        await sender.check()
+    except SenderFault:
+        return
+    except (aiosmtplib.SMTPException, OSError) as err:
+        logging.warning("SMTP server %s not reachable yet (%s); sends retry", where, err)
+        return
+    logging.info("SMTP server %s takes mail", where)
+
+
 async def main() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -118,6 +136,7 @@ async def main() -> None:
     client = await connect(settings)
     engine = create_engine(settings.database_url)
     email = email_activities(settings, engine)
+    await check_smtp(email.sender)
     sessions = session_maker(engine)
     async with sessions.begin() as session:
         await catalogue.ensure_builtin_segments(session, utcnow())

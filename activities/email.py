@@ -4,6 +4,7 @@ The message log row, keyed by a deterministic Message-ID per (journey, step), is
   queued -> (filters pass, rendered) -> sending -> (server holds the whole message) -> sent
          -> (a filter says no)     -> skipped, with the reason
          -> (template error, SMTP 5xx) -> failed, not retried
+         -> (the sender's fault: login, TLS, certificate) -> queued, retried (never failed)
 `sent` is committed just before the final `.` of SMTP DATA (nudge/mail/smtp.py), so a retry that
 finds `sending` knows the server dropped the message and resends it, and one that finds `sent`,
 `skipped` or `failed` never sends again.
@@ -27,13 +28,20 @@ from nudge.journeys.contracts import SendEmailInput, SendEmailResult, message_id
 from nudge.mail import links, messages, tracking
 from nudge.mail.context import JourneyEmail, email_context
 from nudge.mail.render import Renderer, TemplateProblem
-from nudge.mail.smtp import OutgoingMessage, SmtpSender, build_message, smtp_code
+from nudge.mail.smtp import DotNotSent, OutgoingMessage, SmtpSender, build_message, smtp_code
+from nudge.mail.transport import SENDER_CODES, SenderFault
 from nudge.settings import Settings
 from nudge.storage.models import Contact, Message, MessageStatus
 
 log = logging.getLogger(__name__)
 
 FINAL = (MessageStatus.SENT, MessageStatus.SKIPPED, MessageStatus.FAILED)
+
+
+def sender_fault(err: SenderFault) -> ApplicationError:
+    """Retryable, with its own type: the configuration is wrong, not the message (README
+    "Sending through a provider"). Retried with backoff until the send's deadline."""
+    return ApplicationError(str(err), type="SmtpSenderFault", non_retryable=False)
 
 
 class Superseded(Exception):
@@ -56,6 +64,8 @@ class EmailActivities:
     @activity.defn(name="send_email")
     async def send_email(self, job: SendEmailInput) -> SendEmailResult:
         mid = message_id(job.workflow_id, job.trigger_event_id, job.step, self.settings.from_domain)
+        if (fault := self.sender.held_back()) is not None:
+            raise sender_fault(fault)  # the log is not touched while the sender is broken
         async with self.sessions.begin() as session:
             prepared = await self._prepare(session, job, mid)
         if isinstance(prepared, SendEmailResult):
@@ -80,15 +90,33 @@ class EmailActivities:
 
         try:
             await self.sender.send(message, commit=mark_sent)
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as err:
-            if committed and smtp_code(err) is None:
-                # The server got the final dot and then went silent: it most likely accepted
-                # the message, and resending could duplicate it. The record stays `sent`.
-                log.warning("no reply after the final dot of %s: kept as sent (%s)", mid, err)
-                return SendEmailResult(message_id=mid, status=MessageStatus.SENT)
-            await self._smtp_failed(job, mid, err)
+        except SenderFault as err:
+            await self._requeue(mid, attempt, err, MessageStatus.SENDING)
+            raise sender_fault(err) from err
+        except DotNotSent as err:
+            # Committed, but the final dot never left: the server kept nothing, so undo it.
+            await self._requeue(mid, attempt, err, MessageStatus.SENT)
             raise
+        except aiosmtplib.SMTPResponseException as err:
+            if err.code not in SENDER_CODES or committed:
+                return await self._smtp_error(job, mid, err, committed)
+            # "Authenticate first" on a connection already open: the sender's, not the message's.
+            await self._requeue(mid, attempt, err, MessageStatus.SENDING)
+            raise sender_fault(SenderFault(f"{err.code} {err.message}")) from err
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as err:
+            return await self._smtp_error(job, mid, err, committed)
         return SendEmailResult(message_id=mid, status=MessageStatus.SENT)
+
+    async def _smtp_error(
+        self, job: SendEmailInput, mid: str, err: BaseException, committed: bool
+    ) -> SendEmailResult:
+        if committed and smtp_code(err) is None:
+            # The server got the final dot and then went silent: it most likely accepted
+            # the message, and resending could duplicate it. The record stays `sent`.
+            log.warning("no reply after the final dot of %s: kept as sent (%s)", mid, err)
+            return SendEmailResult(message_id=mid, status=MessageStatus.SENT)
+        await self._smtp_failed(job, mid, err)
+        raise err
 
     async def _prepare(
         self, session: AsyncSession, job: SendEmailInput, mid: str
@@ -179,6 +207,15 @@ class EmailActivities:
             )
             headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         return headers
+
+    async def _requeue(
+        self, mid: str, attempt: int, err: BaseException, status: MessageStatus
+    ) -> None:
+        """Back to `queued` for the retry, if this attempt still holds the row in `status`."""
+        async with self.sessions.begin() as session:
+            await messages.requeue(
+                session, mid, attempt, status, error=f"{type(err).__name__}: {err}"[:2000]
+            )
 
     async def _smtp_failed(self, job: SendEmailInput, mid: str, err: BaseException) -> None:
         """Log the failure; a 5xx is final (non-retryable), anything else goes back to queued."""

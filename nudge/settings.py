@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from nudge.localtime import parse_quiet_hours
@@ -29,6 +31,21 @@ class Settings(BaseSettings):
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 1025
     smtp_timeout: float = 10.0
+    # Submission to a provider (README "Sending through a provider"): AUTH over TLS.
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_security: Literal["starttls", "tls", "none"] | None = Field(
+        default=None,
+        description="starttls (port 587), tls (implicit, 465) or none; unset: none on loopback, "
+        "else starttls",
+    )
+    smtp_ca_file: Path | None = Field(
+        default=None, description="CA bundle that verifies the server (the system's if unset)"
+    )
+    smtp_max_connections: int = Field(default=8, ge=1, le=100)
+    smtp_rate: float = Field(
+        default=0, ge=0, description="Messages per second per worker; 0: no limit"
+    )
     api_key: str = "dev-key"
     public_url: str = "http://localhost:8000"
     from_email: str = "Nudge Store <store@nudge.localhost>"
@@ -180,6 +197,20 @@ class Settings(BaseSettings):
         return dict(sorted(value.items(), key=lambda tier: tier[1]))
 
     @model_validator(mode="after")
+    def _smtp_auth(self) -> Settings:
+        if (self.smtp_username is None) != (self.smtp_password is None):
+            raise ValueError("NUDGE_SMTP_USERNAME and NUDGE_SMTP_PASSWORD are set together")
+        if self.smtp_password is not None and self.smtp_tls_mode == "none":
+            if not is_loopback(self.smtp_host):
+                raise ValueError(
+                    f"NUDGE_SMTP_PASSWORD would cross the network in clear to {self.smtp_host}: "
+                    "set NUDGE_SMTP_SECURITY=starttls (port 587) or tls (port 465)"
+                )
+        if self.smtp_ca_file is not None and not self.smtp_ca_file.is_file():
+            raise ValueError(f"NUDGE_SMTP_CA_FILE: no such file {self.smtp_ca_file}")
+        return self
+
+    @model_validator(mode="after")
     def _multipliers(self) -> Settings:
         if set(self.loyalty_multipliers) != set(self.loyalty_tiers):
             raise ValueError(
@@ -190,9 +221,27 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def smtp_tls_mode(self) -> Literal["starttls", "tls", "none"]:
+        """`NUDGE_SMTP_SECURITY`, or its default: none on loopback (the mail catcher), else
+        starttls, so that a remote server is never spoken to in clear unless asked to."""
+        if self.smtp_security is not None:
+            return self.smtp_security
+        return "none" if is_loopback(self.smtp_host) else "starttls"
+
+    @property
     def from_domain(self) -> str:
         address = self.from_email.rsplit("<", 1)[-1].rstrip(">").strip()
         return address.rsplit("@", 1)[-1]
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback address (127.0.0.0/8, ::1); no name is resolved."""
+    if host.lower().rstrip(".") in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @lru_cache

@@ -1,6 +1,7 @@
 """`make run`: the whole local stack in one terminal, one Ctrl-C to stop it.
 
-Starts the Temporal dev server, migrates the database, then runs the mail catcher, the worker
+Starts the Temporal dev server, migrates the database, then runs the mail catcher (only for a
+loopback NUDGE_SMTP_HOST whose port is free; otherwise mail goes where it points), the worker
 and the API as child processes, prefixing each line they print with their name.
 """
 
@@ -15,7 +16,7 @@ import traceback
 from asyncio.subprocess import Process
 from dataclasses import dataclass, field
 
-from nudge.settings import Settings, get_settings
+from nudge.settings import Settings, get_settings, is_loopback
 from nudge.storage.db import migrate
 
 HOST = "127.0.0.1"
@@ -38,15 +39,39 @@ class Child:
     output: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
+def port_is_free(port: int, host: str = HOST) -> bool:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except OSError:
+        return False
+    with socket.socket(family, kind, proto) as sock:
         # The servers set this too; without it a port in TIME_WAIT would look busy.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((HOST, port))
+            sock.bind(address)
         except OSError:
             return False
         return True
+
+
+@dataclass(frozen=True)
+class MailPlan:
+    """Whether `make run` starts its mail catcher, and where Nudge's mail goes."""
+
+    catcher: bool
+    where: str
+
+
+def mail_plan(settings: Settings) -> MailPlan:
+    """The mail catcher only stands in for a loopback SMTP host whose port is free: a real
+    server (NUDGE_SMTP_HOST elsewhere) or whatever already listens locally gets the mail."""
+    host, port = settings.smtp_host, settings.smtp_port
+    where = f"{host}:{port}"
+    if not is_loopback(host):
+        return MailPlan(False, f"SMTP {where} ({settings.smtp_tls_mode}): real mail, no catcher")
+    if not port_is_free(port, host):
+        return MailPlan(False, f"SMTP {where}: already listening there, so no mail catcher")
+    return MailPlan(True, f"mail catcher http://localhost:{MAIL_WEB_PORT} (SMTP {where})")
 
 
 async def start(child: Child) -> None:
@@ -118,13 +143,13 @@ def python(*args: str) -> list[str]:
     return [sys.executable, "-u", *args]
 
 
-def banner(api_key: str) -> str:
+def banner(api_key: str, mail: MailPlan) -> str:
     lines = [
         "Nudge is running",
         "",
         f"API          http://localhost:{API_PORT}  (docs: /docs)",
         f"Temporal UI  http://localhost:{TEMPORAL_UI_PORT}",
-        f"Mail catcher http://localhost:{MAIL_WEB_PORT}",
+        f"Mail goes to {mail.where}",
         f"API key      {api_key}",
         "",
         "Ctrl-C stops everything.",
@@ -144,14 +169,15 @@ async def run() -> int:
     settings = get_settings()
     _, _, port_text = settings.temporal_address.rpartition(":")
     temporal_port = int(port_text) if port_text.isdigit() else 7233
-    check_ports_free(settings, temporal_port)
+    plan = mail_plan(settings)
+    check_ports_free(temporal_port, plan)
+    print(f"[devstack] mail goes to {plan.where}", flush=True)
 
     temporal_args = ["--port", str(temporal_port), "--ui-port", str(TEMPORAL_UI_PORT)]
     temporal = Child("temporal", python("-m", "nudge.dev.temporal_dev", *temporal_args))
-    mail_args = ["--smtp-port", str(settings.smtp_port), "--http-port", str(MAIL_WEB_PORT)]
-    mail = Child(
-        "mail", python("-m", "nudge.dev.mailcatcher", "--store-dir", "data/mail", *mail_args)
-    )
+    mail_args = ["--host", settings.smtp_host, "--smtp-port", str(settings.smtp_port)]
+    mail_args += ["--http-port", str(MAIL_WEB_PORT), "--store-dir", "data/mail"]
+    mail = Child("mail", python("-m", "nudge.dev.mailcatcher", *mail_args))
     worker = Child("worker", python("worker.py"))
     api_args = ["--host", HOST, "--port", str(API_PORT)]
     api = Child("api", python("-m", "uvicorn", "api.app:app", *api_args))
@@ -163,13 +189,13 @@ async def run() -> int:
         await wait_for_port(temporal, temporal_port, stopping)
         if not stopping.is_set():
             await migrate_database(settings)
-        for child in (mail, worker, api):
+        for child in (mail, worker, api) if plan.catcher else (worker, api):
             if stopping.is_set():
                 break
             await start(child)
             started.append(child)
         else:
-            print(banner(settings.api_key), flush=True)
+            print(banner(settings.api_key, plan), flush=True)
         return await wait_for_stop(started, stopping)
     finally:
         # The API and worker go first, while the Temporal server they talk to is still up.
@@ -177,14 +203,10 @@ async def run() -> int:
         await stop(temporal)
 
 
-def check_ports_free(settings: Settings, temporal_port: int) -> None:
-    ports = {
-        "Temporal gRPC": temporal_port,
-        "Temporal UI": TEMPORAL_UI_PORT,
-        "API": API_PORT,
-        "SMTP (mail catcher)": settings.smtp_port,
-        "mail catcher web": MAIL_WEB_PORT,
-    }
+def check_ports_free(temporal_port: int, mail: MailPlan) -> None:
+    ports = {"Temporal gRPC": temporal_port, "Temporal UI": TEMPORAL_UI_PORT, "API": API_PORT}
+    if mail.catcher:
+        ports["mail catcher web"] = MAIL_WEB_PORT
     busy = [f"{name} port {port}" for name, port in ports.items() if not port_is_free(port)]
     if busy:
         raise StackError(f"cannot start, already in use: {', '.join(busy)} (another `make run`?)")

@@ -91,5 +91,21 @@ async def mark_sent(session: AsyncSession, message_id: str, attempt: int) -> boo
     return rowcount(await session.execute(stmt)) == 1
 
 
+async def requeue(
+    session: AsyncSession, message_id: str, attempt: int, status: MessageStatus, error: str
+) -> bool:
+    """`status` -> `queued` (not sent, to be retried), only for the attempt that holds the row."""
+    stmt = (
+        update(Message)
+        .where(
+            Message.message_id == message_id,
+            Message.status == status,
+            Message.attempts == attempt,
+        )
+        .values(status=MessageStatus.QUEUED, sent_at=None, error=error)
+    )
+    return rowcount(await session.execute(stmt)) == 1
+
+
 async def set_message_status(session: AsyncSession, message_id: str, **values: Any) -> None:
     await session.execute(update(Message).where(Message.message_id == message_id).values(**values))

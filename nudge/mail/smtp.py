@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import logging
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.header import Header
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -25,6 +27,7 @@ from email.policy import SMTP as SMTP_POLICY
 from email.policy import default as default_policy
 from email.utils import formataddr, formatdate, getaddresses
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import aiosmtplib
@@ -33,8 +36,10 @@ from aiosmtplib.email import extract_recipients, extract_sender
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 
 from nudge.mail.render import RenderedEmail
+from nudge.mail.transport import RateLimiter, SenderFault, sender_fault, tls_context
 from nudge.settings import Settings
 
+log = logging.getLogger(__name__)
 Commit = Callable[[], Awaitable[None]]
 
 
@@ -202,6 +207,11 @@ class DkimSigner:
         return signature + raw
 
 
+class DotNotSent(aiosmtplib.SMTPServerDisconnected):
+    """The connection was gone by the time the caller had committed: the final `.` was never
+    written, so the server kept nothing and the commit must be undone (the message resent)."""
+
+
 class _TwoPhaseSMTP(aiosmtplib.SMTP):
     """aiosmtplib's client with a DATA phase that runs `commit` just before the final `.`."""
 
@@ -232,6 +242,9 @@ class _TwoPhaseSMTP(aiosmtplib.SMTP):
                     raise aiosmtplib.SMTPDataError(start.code, start.message)
                 protocol.write(body)
                 await commit()
+                if self.protocol is not protocol or not protocol.is_connected:
+                    # Dropped (by the server, the network, TLS) while streaming or committing.
+                    raise DotNotSent("connection lost before the final dot")
                 protocol._response_pending = True
                 protocol.write(b".\r\n")
                 response = await protocol.read_response(timeout=wait)
@@ -243,10 +256,24 @@ class _TwoPhaseSMTP(aiosmtplib.SMTP):
         return response
 
 
-class SmtpSender:
-    """Sends over a small pool of kept-alive SMTP connections (no connect/EHLO/QUIT per email).
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """How to reach and log in to the SMTP server (README "Sending through a provider")."""
 
-    Failures surface as aiosmtplib exceptions (or OSError) for the caller to classify.
+    security: str = "none"  # starttls | tls | none
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_file: Path | None = None
+
+
+class SmtpSender:
+    """Sends over a bounded pool of kept-alive SMTP connections (no connect/EHLO/QUIT per email),
+    at most `rate` messages a second (0: no limit).
+
+    Failures surface as aiosmtplib exceptions (or OSError) for the caller to classify, except
+    the sender's own (login, TLS, certificate): `SenderFault`. After one, sends fail fast with
+    it, and one of them tries to connect again every `fault_backoff` seconds, so a wrong
+    password costs one refused login per interval, not one per message.
     """
 
     def __init__(
@@ -256,10 +283,37 @@ class SmtpSender:
         timeout: float = 30.0,
         pool_size: int = 8,
         signer: DkimSigner | None = None,
+        *,
+        submission: Submission | None = None,
+        rate: float = 0,
+        fault_backoff: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.host, self.port, self.timeout, self.signer = host, port, timeout, signer
+        self.submission = submission or Submission()
+        self.fault_backoff, self.clock = fault_backoff, clock
         self._idle: list[_TwoPhaseSMTP] = []
         self._slots = asyncio.Semaphore(pool_size)
+        self._limiter = RateLimiter(rate) if rate > 0 else None
+        self._tls = (
+            tls_context(self.submission.ca_file) if self.submission.security != "none" else None
+        )
+        self.fault: SenderFault | None = None
+        self._probe_at = 0.0
+
+    def held_back(self) -> SenderFault | None:
+        """The standing sender fault while it holds sends back; None once it is time to try a
+        connection again (or there is none)."""
+        if self.fault is not None and self.clock() < self._probe_at:
+            return SenderFault(str(self.fault))
+        return None
+
+    def _raise_if_faulted(self) -> None:
+        if (fault := self.held_back()) is not None:
+            raise fault
+        if self.fault is not None:
+            # This send is the one that tries again; the others keep failing fast meanwhile.
+            self._probe_at = self.clock() + self.fault_backoff
 
     async def send(
         self, message: OutgoingMessage | EmailMessage, *, commit: Commit | None = None
@@ -277,8 +331,11 @@ class SmtpSender:
             raise ValueError("a message needs a From and a To header")
         if self.signer is not None:
             raw = self.signer.sign(raw)
+        self._raise_if_faulted()
         async with self._slots:
             client, reused = await self._connection()
+            if self._limiter is not None:
+                await self._limiter.wait()
             committed = False
 
             async def commit_once() -> None:
@@ -308,6 +365,12 @@ class SmtpSender:
             client.commit = None
             self._idle.append(client)
 
+    async def check(self) -> None:
+        """Connect and log in once (the worker does at start), keeping the connection."""
+        async with self._slots:
+            client, _ = await self._connection()
+            self._idle.append(client)
+
     async def close(self) -> None:
         while self._idle:
             client = self._idle.pop()
@@ -324,9 +387,32 @@ class SmtpSender:
         return await self._connect(), False
 
     async def _connect(self) -> _TwoPhaseSMTP:
-        # STARTTLS is used whenever the server offers it (providers do; the mail catcher doesn't).
-        client = _TwoPhaseSMTP(hostname=self.host, port=self.port, timeout=self.timeout)
-        await client.connect()
+        how = self.submission
+        client = _TwoPhaseSMTP(
+            hostname=self.host,
+            port=self.port,
+            timeout=self.timeout,
+            username=how.username,
+            password=how.password,
+            use_tls=how.security == "tls",
+            # Required, not opportunistic: a server that stops offering it is refused.
+            start_tls=how.security == "starttls",
+            tls_context=self._tls,
+        )
+        where = f"{self.host}:{self.port} ({how.security})"
+        try:
+            await client.connect()
+        except Exception as err:
+            fault = sender_fault(err, where, how.username)
+            if fault is None:
+                raise
+            if self.fault is None or str(self.fault) != str(fault):
+                log.error("SMTP sender fault, sends held back (none marked failed): %s", fault)
+            self.fault, self._probe_at = fault, self.clock() + self.fault_backoff
+            raise fault from err
+        if self.fault is not None:
+            log.info("SMTP sender fault cleared: %s logs in again", where)
+            self.fault = None
         return client
 
 
@@ -340,7 +426,22 @@ def sender_from_settings(settings: Settings) -> SmtpSender:
             settings.dkim_domain or settings.from_domain,
             settings.dkim_private_key_file.read_bytes(),
         )
-    return SmtpSender(settings.smtp_host, settings.smtp_port, settings.smtp_timeout, signer=signer)
+    password = settings.smtp_password
+    submission = Submission(
+        security=settings.smtp_tls_mode,
+        username=settings.smtp_username,
+        password=password.get_secret_value() if password is not None else None,
+        ca_file=settings.smtp_ca_file,
+    )
+    return SmtpSender(
+        settings.smtp_host,
+        settings.smtp_port,
+        settings.smtp_timeout,
+        pool_size=settings.smtp_max_connections,
+        signer=signer,
+        submission=submission,
+        rate=settings.smtp_rate,
+    )
 
 
 def smtp_code(err: BaseException) -> int | None:
