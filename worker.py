@@ -38,7 +38,7 @@ from nudge.journeys.contracts import SegmentRefreshInput
 from nudge.journeys.routing import EventRouter
 from nudge.mail.smtp import sender_from_settings
 from nudge.segments import catalogue
-from nudge.settings import Settings, get_settings
+from nudge.settings import Settings, UnsafeSecrets, get_settings
 from nudge.storage.db import create_engine, session_maker
 from nudge.storage.models import utcnow
 from workflows import FLOWS
@@ -115,6 +115,7 @@ async def main() -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = get_settings()
+    settings.check_secrets()
     client = await connect(settings)
     engine = create_engine(settings.database_url)
     email = email_activities(settings, engine)
@@ -139,4 +140,8 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except UnsafeSecrets as err:
+        # Said plainly, without a traceback: it is the operator's setting, not a bug.
+        raise SystemExit(str(err)) from None

@@ -1,13 +1,16 @@
 """`make run`: the whole local stack in one terminal, one Ctrl-C to stop it.
 
 Starts the Temporal dev server, migrates the database, then runs the mail catcher, the worker
-and the API as child processes, prefixing each line they print with their name.
+and the API as child processes, prefixing each line they print with their name. They run with
+`NUDGE_ENV=development` (unless the environment says otherwise), which lets them start on the
+default secrets: a developer's machine, never a deployment.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import sys
@@ -217,6 +220,8 @@ async def wait_for_stop(started: list[Child], stopping: asyncio.Event) -> int:
 
 
 def main() -> None:
+    # Read by get_settings() here and inherited by every child.
+    os.environ.setdefault("NUDGE_ENV", "development")
     try:
         code = asyncio.run(run())
     except StackError as err:
