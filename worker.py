@@ -40,7 +40,7 @@ from nudge.journeys.routing import EventRouter
 from nudge.mail.smtp import SmtpSender, sender_from_settings
 from nudge.mail.transport import SenderFault
 from nudge.segments import catalogue
-from nudge.settings import Settings, get_settings
+from nudge.settings import Settings, UnsafeSecrets, get_settings
 from nudge.storage.db import create_engine, session_maker
 from nudge.storage.models import utcnow
 from workflows import FLOWS
@@ -133,6 +133,7 @@ async def main() -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = get_settings()
+    settings.check_secrets()
     client = await connect(settings)
     engine = create_engine(settings.database_url)
     email = email_activities(settings, engine)
@@ -158,4 +159,8 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except UnsafeSecrets as err:
+        # Said plainly, without a traceback: it is the operator's setting, not a bug.
+        raise SystemExit(str(err)) from None

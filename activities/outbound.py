@@ -10,6 +10,7 @@ a store points flows at its own services without touching them. The request:
     Content-Type: application/json
     X-Nudge-Delivery: 3f0c...            the body's "id": the same on every retry of this step
     X-Nudge-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of f"{t}.{raw body}">
+                                         keyed with NUDGE_WEBHOOK_SECRET (never NUDGE_SECRET_KEY)
 
     {"id": "3f0c...", "flow": "winback", "step": "webhook_sms_1", "contact_id": 42,
      "payload": {"text": "..."}, "sent_at": "2026-11-24T19:30:00Z"}
@@ -41,7 +42,7 @@ from temporalio.exceptions import ApplicationError
 
 from nudge import signing
 from nudge.journeys.contracts import WebhookInput, WebhookResult
-from nudge.settings import Settings
+from nudge.settings import MAKE_A_KEY, Settings
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,18 @@ class WebhookActivities:
 
     @property
     def secret(self) -> str:
-        return self.settings.webhook_secret or self.settings.secret_key
+        """NUDGE_WEBHOOK_SECRET, never NUDGE_SECRET_KEY: receivers hold the key they verify with,
+        and must not be able to sign a customer's links. Unset (only possible in development:
+        the worker refuses to start without it elsewhere), every webhook step fails at once."""
+        if not self.settings.webhook_secret:
+            raise ApplicationError(
+                "NUDGE_WEBHOOK_SECRET is not set: outbound webhooks are signed with a secret of "
+                f"their own, never NUDGE_SECRET_KEY; make one with {MAKE_A_KEY} and give it to "
+                "the receivers",
+                type="WebhookSecretMissing",
+                non_retryable=True,
+            )
+        return self.settings.webhook_secret
 
     @property
     def client(self) -> httpx.AsyncClient:

@@ -28,7 +28,7 @@ from nudge.events import schemas as ev
 from nudge.journeys.connection import connect
 from nudge.journeys.routing import EventRouter
 from nudge.segments.catalogue import ensure_builtin_segments
-from nudge.settings import Settings, get_settings
+from nudge.settings import Settings, UnsafeSecrets, get_settings
 from nudge.storage.db import create_engine, session_maker
 from nudge.storage.models import utcnow
 from workflows import FLOWS
@@ -40,8 +40,10 @@ def create_app(
     temporal: Client | None = None,
     flows: Sequence[type[Journey]] = FLOWS,
 ) -> FastAPI:
-    """Build the app; tests pass their own settings, Temporal client and flows."""
+    """Build the app; tests pass their own settings, Temporal client and flows. Raises
+    UnsafeSecrets when the secrets are not fit to run with (`Settings.check_secrets`)."""
     settings = settings or get_settings()
+    settings.check_secrets()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -110,5 +112,9 @@ def openapi(app: FastAPI) -> dict[str, Any]:
 def __getattr__(name: str) -> Any:
     # `uvicorn api.app:app` builds the app on first access, not at import (tests import freely).
     if name == "app":
-        return create_app()
+        try:
+            return create_app()
+        except UnsafeSecrets as err:
+            # Said plainly, without a traceback: it is the operator's setting, not a bug.
+            raise SystemExit(str(err)) from None
     raise AttributeError(name)

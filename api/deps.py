@@ -55,10 +55,17 @@ RoutingDep = Annotated[EventRouter, Depends(_routing)]
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer $NUDGE_API_KEY`")
 
 
+def key_ok(settings: Settings, given: str | None) -> bool:
+    """Whether `given` is the API key; never when either is empty: a missing header, or an empty
+    NUDGE_API_KEY, opens nothing."""
+    if not given or not settings.api_key:
+        return False
+    return secrets.compare_digest(given.encode(), settings.api_key.encode())
+
+
 async def require_api_key(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    given = credentials.credentials if credentials else ""
-    if not secrets.compare_digest(given.encode(), settings.api_key.encode()):
+    if not key_ok(settings, credentials.credentials if credentials else None):
         raise Unauthorized("missing or wrong API key: send `Authorization: Bearer <NUDGE_API_KEY>`")

@@ -303,6 +303,7 @@ class Driver:
             "NUDGE_SMTP_HOST": "127.0.0.1",
             "NUDGE_SMTP_PORT": str(self.smtp_port),
             "NUDGE_API_KEY": API_KEY,
+            "NUDGE_ENV": "development",  # the harness's keys are not secrets
             "NUDGE_TIME_SCALE": str(config.scale),
             "NUDGE_FROM_EMAIL": "Chaos Store <store@chaos.example>",
             # Every expected email is due at its offset: none held for the night.

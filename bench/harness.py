@@ -570,6 +570,7 @@ class Bench:
             {
                 "NUDGE_TEMPORAL_ADDRESS": self.temporal_address,
                 "NUDGE_API_KEY": API_KEY,
+                "NUDGE_ENV": "development",  # the harness's keys are not secrets
                 "NUDGE_FROM_EMAIL": FROM_EMAIL,
                 # Benchmarks measure throughput: sends are never held for the night.
                 "NUDGE_QUIET_HOURS": "",

@@ -207,6 +207,7 @@ def spawn_worker(
         "NUDGE_TEMPORAL_ADDRESS": address,
         "NUDGE_TASK_QUEUE": task_queue,
         "NUDGE_DATABASE_URL": database_url,
+        "NUDGE_ENV": "development",  # the harness's keys are not secrets
         # No email is due within the run; nothing listens here, so none could go out.
         "NUDGE_SMTP_HOST": "127.0.0.1",
         "NUDGE_SMTP_PORT": "9",

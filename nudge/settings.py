@@ -17,9 +17,27 @@ from nudge.localtime import parse_quiet_hours
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = ROOT / "data"
 
+DEVELOPMENT = "development"
+# Secrets shorter than this, or published (the defaults, the tests' and the docs' examples), are
+# refused outside development (`Settings.check_secrets`).
+MIN_SECRET_LENGTH = 32
+PUBLISHED_SECRETS = frozenset({"dev-key", "dev-secret-change-me", "test-key", "change-me"})
+EMPTY_API_KEY = "NUDGE_API_KEY is empty: every /v1 route would be open"
+MAKE_A_KEY = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+
+
+class UnsafeSecrets(ValueError):
+    """The API or the worker was asked to start with a secret anyone could know or guess."""
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NUDGE_", env_file=".env", extra="ignore")
+
+    env: str = Field(
+        default="production",
+        pattern=r"^(production|development)$",
+        description="development lets the API and worker start on the default secrets",
+    )
 
     database_url: str = Field(
         default=f"sqlite+aiosqlite:///{DATA_DIR / 'nudge.storage.db'}",
@@ -82,8 +100,14 @@ class Settings(BaseSettings):
         description="Every flow delay is divided by this; read once when a journey starts.",
     )
 
-    # Signs the links that act without a login (one-click unsubscribe): set your own.
+    # The keys of the links that act without a login (unsubscribe, confirmation, tracking) and
+    # of the dashboard's sessions are derived from it (nudge/keys.py): set your own. The previous
+    # one still verifies links during a rotation; nothing new is signed with it.
     secret_key: str = "dev-secret-change-me"
+    secret_key_previous: str | None = None
+    dashboard_session_hours: float = Field(
+        default=12, gt=0, description="A dashboard sign-in lasts this long"
+    )
     # DKIM signing, on when a selector and a key file are set; the domain defaults to the
     # From address's.
     dkim_selector: str | None = None
@@ -129,7 +153,8 @@ class Settings(BaseSettings):
         description='Named outbound webhooks for flow steps, JSON: {"sms": "https://..."}',
     )
     webhook_secret: str | None = Field(
-        default=None, description="Signs outbound webhooks; NUDGE_SECRET_KEY when unset"
+        default=None,
+        description="Signs outbound webhooks; their receivers hold it, so never NUDGE_SECRET_KEY",
     )
     webhook_timeout: float = Field(default=10, gt=0)
 
@@ -219,6 +244,60 @@ class Settings(BaseSettings):
         if any(m <= 0 for m in self.loyalty_multipliers.values()):
             raise ValueError("NUDGE_LOYALTY_MULTIPLIERS: every multiplier is greater than 0")
         return self
+
+    def check_secrets(self) -> None:
+        """Raise UnsafeSecrets, naming every setting at fault, unless the secrets are safe to
+        run with: the API and the worker call it before anything else."""
+        problems = self.secret_problems()
+        if problems:
+            lines = "\n".join(f"  - {problem}" for problem in problems)
+            raise UnsafeSecrets(
+                f"Nudge will not start with these secrets (NUDGE_ENV={self.env}):\n{lines}\n"
+                f"Make a good key with: {MAKE_A_KEY}\n"
+                f"(NUDGE_ENV={DEVELOPMENT} accepts the defaults, on a developer's machine only.)"
+            )
+
+    def secret_problems(self) -> list[str]:
+        """What is wrong with the secrets, one line per setting (empty when nothing is)."""
+        problems: list[str] = []
+        if not self.api_key:
+            problems.append(EMPTY_API_KEY)
+        if self.webhook_secret and self.webhook_secret in (
+            self.secret_key,
+            self.secret_key_previous,
+        ):
+            problems.append(
+                "NUDGE_WEBHOOK_SECRET is NUDGE_SECRET_KEY: webhook receivers hold it, and could "
+                "forge every customer's links; give webhooks a secret of their own"
+            )
+        if self.env == DEVELOPMENT:
+            return problems
+        checked = {"NUDGE_API_KEY": self.api_key, "NUDGE_SECRET_KEY": self.secret_key}
+        if self.webhook_secret:
+            checked["NUDGE_WEBHOOK_SECRET"] = self.webhook_secret
+        elif self.webhooks:
+            problems.append(
+                "NUDGE_WEBHOOK_SECRET is not set, and NUDGE_WEBHOOKS names endpoints: outbound "
+                "webhooks are always signed, with a secret of their own"
+            )
+        for name, value in checked.items():
+            if not value:
+                if name != "NUDGE_API_KEY":  # said above
+                    problems.append(f"{name} is empty")
+            elif value in PUBLISHED_SECRETS:
+                problems.append(f"{name} is a published default: anyone knows it")
+            elif len(value) < MIN_SECRET_LENGTH:
+                problems.append(
+                    f"{name} is {len(value)} characters long; at least {MIN_SECRET_LENGTH}"
+                )
+        if self.secret_key_previous in PUBLISHED_SECRETS:
+            problems.append(
+                "NUDGE_SECRET_KEY_PREVIOUS is a published default: anyone could sign links "
+                "that verify; leave it unset"
+            )
+        if self.api_key and self.api_key == self.secret_key:
+            problems.append("NUDGE_API_KEY and NUDGE_SECRET_KEY are the same: make two keys")
+        return problems
 
     @property
     def smtp_tls_mode(self) -> Literal["starttls", "tls", "none"]:

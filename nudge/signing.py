@@ -4,8 +4,8 @@ Every request carries
 
     X-Nudge-Signature: t=1764012345,v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd
 
-where `v1` is the hex HMAC-SHA256, keyed with the shared secret (NUDGE_WEBHOOK_SECRET, else
-NUDGE_SECRET_KEY), of `f"{t}.{raw body}"`: the timestamp in Unix seconds, a dot, and the request
+where `v1` is the hex HMAC-SHA256, keyed with the shared secret (NUDGE_WEBHOOK_SECRET: a secret
+of its own, never NUDGE_SECRET_KEY), of `f"{t}.{raw body}"`: the timestamp in Unix seconds, a dot, and the request
 body exactly as received (bytes, before any JSON parsing). A receiver checks it with `verify()`
 (or the same three steps in any language):
 

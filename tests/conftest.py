@@ -144,6 +144,9 @@ def make_settings(db_url: str, mail: MailCatcher, **overrides: object) -> Settin
         "smtp_host": "127.0.0.1",
         "smtp_port": mail.port,
         "task_queue": f"test-{uuid.uuid4().hex[:8]}",
+        # The tests' keys are published: only development accepts them (a test about the refusal
+        # of such keys sets env="production").
+        "env": "development",
         "api_key": "test-key",
         "from_email": "Nudge Test Store <store@shop.example>",
         # Off unless a test is about them: the time-skipping server starts at the wall clock,

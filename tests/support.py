@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import subprocess
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from nudge.contacts import directory
 from nudge.dev.mailcatcher import CaughtMessage, MailCatcher
 from nudge.journeys.contracts import JourneyState, SegmentRefreshInput, SegmentRefreshResult
 from nudge.journeys.routing import EventRouter
+from nudge.keys import keyring
 from nudge.mail import tracking
 from nudge.segments import membership
 from nudge.settings import Settings
@@ -42,11 +44,12 @@ def new_email() -> str:
     return f"ana.{uuid.uuid4().hex[:10]}@example.com"
 
 
-def untracked(text: str, secret: str) -> str:
+def untracked(text: str, settings: Settings) -> str:
     """`text` with each click-tracking link (nudge/mail/tracking.py) replaced by the URL it leads to."""
+    ring = keyring(settings)
     return re.sub(
         r"https?://[^\s\"'<>]+/t/c/([A-Za-z0-9_.-]+)",
-        lambda match: tracking.verify_click(secret, match.group(1)).url,
+        lambda match: tracking.verify_click(ring, match.group(1)).url,
         text,
     )
 
@@ -281,3 +284,18 @@ async def record_history(stack: Stack, name: str, workflow_id: str) -> None:
     if os.environ.get("NUDGE_RECORD_HISTORIES"):
         HISTORIES.mkdir(exist_ok=True)
         (HISTORIES / f"{name}.json").write_text(history.to_json())
+
+
+# ---- Nudge processes -------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+# Nothing listens on the discard port: a worker that got as far as Temporal would fail otherwise.
+UNREACHABLE = {"NUDGE_TEMPORAL_ADDRESS": "127.0.0.1:9", "NUDGE_DATABASE_URL": "sqlite+aiosqlite://"}
+
+
+def run_nudge(argv: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Runs a Nudge process with only these NUDGE_* settings, from a directory without `.env`."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("NUDGE_")}
+    return subprocess.run(
+        argv, cwd=cwd, env=clean | UNREACHABLE | env, capture_output=True, text=True, timeout=120
+    )

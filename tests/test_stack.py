@@ -63,6 +63,7 @@ def worker_process(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
         "NUDGE_SMTP_HOST": settings.smtp_host,
         "NUDGE_SMTP_PORT": str(settings.smtp_port),
         "NUDGE_FROM_EMAIL": settings.from_email,
+        "NUDGE_ENV": settings.env,
     }
     process = subprocess.Popen([sys.executable, str(ROOT / "worker.py")], cwd=ROOT, env=env)
     yield process

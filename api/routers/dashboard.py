@@ -5,9 +5,10 @@ with the stylesheet (api/static/dashboard.css) and a small vanilla-JS script
 (api/static/dashboard.js) that fetches the JSON and draws tables, the funnel and an inline-SVG
 chart; both are served by this router, under `/dashboard/static/`.
 
-Access: the pages ask once for the API key (`NUDGE_API_KEY`) and keep a session token derived
-from it (an HMAC under `NUDGE_SECRET_KEY`, so changing the key signs everyone out) in an HttpOnly,
-SameSite=Strict cookie, which the report endpoints accept as well as the `Authorization` header.
+Access: the pages ask once for the API key (`NUDGE_API_KEY`) and keep a session (api/sessions.py)
+in an HttpOnly, SameSite=Strict cookie, which the report endpoints accept as well as the
+`Authorization` header. A session expires after `NUDGE_DASHBOARD_SESSION_HOURS`, ends at sign-out
+(`POST /dashboard/logout`, with `everywhere=1` for every browser), and when either key changes.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from urllib.parse import parse_qs, quote
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
-from api.deps import SettingsDep
+from api import sessions as dashboard_sessions
+from api.deps import SessionsDep, SettingsDep, key_ok
 from api.errors import NotFound
-from api.routers.reports import COOKIE, key_ok, session_ok, session_token
+from api.sessions import COOKIE
 from nudge.settings import Settings
 
 router = APIRouter(tags=["dashboard"], include_in_schema=False)
@@ -66,8 +68,8 @@ def _login(settings: Settings, next_path: str, error: str = "") -> HTMLResponse:
     )
 
 
-def _signed_in(request: Request, settings: Settings) -> bool:
-    return session_ok(settings, request.cookies.get(COOKIE))
+async def _signed_in(request: Request, sessions: SessionsDep, settings: Settings) -> bool:
+    return await dashboard_sessions.session_ok(sessions, settings, request.cookies.get(COOKIE))
 
 
 def _here(request: Request) -> str:
@@ -75,15 +77,19 @@ def _here(request: Request) -> str:
 
 
 @router.get("/dashboard", response_class=HTMLResponse)
-async def store_page(request: Request, settings: SettingsDep) -> HTMLResponse:
-    if not _signed_in(request, settings):
+async def store_page(
+    request: Request, sessions: SessionsDep, settings: SettingsDep
+) -> HTMLResponse:
+    if not await _signed_in(request, sessions, settings):
         return _login(settings, _here(request))
     return _html(settings, "Flows", {"kind": "store"})
 
 
 @router.get("/dashboard/flows/{flow}", response_class=HTMLResponse)
-async def flow_page(flow: str, request: Request, settings: SettingsDep) -> HTMLResponse:
-    if not _signed_in(request, settings):
+async def flow_page(
+    flow: str, request: Request, sessions: SessionsDep, settings: SettingsDep
+) -> HTMLResponse:
+    if not await _signed_in(request, sessions, settings):
         return _login(settings, _here(request))
     return _html(settings, flow, {"kind": "flow", "flow": flow}, f"/ {flow}")
 
@@ -92,10 +98,11 @@ async def flow_page(flow: str, request: Request, settings: SettingsDep) -> HTMLR
 async def preview_page(
     flow: str,
     request: Request,
+    sessions: SessionsDep,
     settings: SettingsDep,
     contact: Annotated[str, Query()] = "",
 ) -> HTMLResponse:
-    if not _signed_in(request, settings):
+    if not await _signed_in(request, sessions, settings):
         return _login(settings, _here(request))
     return _html(
         settings, f"{flow} preview", {"kind": "preview", "flow": flow}, f"/ {flow} / preview"
@@ -115,7 +122,7 @@ async def asset(name: str) -> FileResponse:
 
 
 @router.post("/dashboard/login", response_class=HTMLResponse)
-async def login(request: Request, settings: SettingsDep) -> Response:
+async def login(request: Request, sessions: SessionsDep, settings: SettingsDep) -> Response:
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     key = (form.get("key") or [""])[0]
     next_path = (form.get("next") or ["/dashboard"])[0]
@@ -127,7 +134,8 @@ async def login(request: Request, settings: SettingsDep) -> Response:
     response = RedirectResponse(quote(next_path, safe="/?=&%"), status_code=303)
     response.set_cookie(
         COOKIE,
-        session_token(settings),
+        await dashboard_sessions.open_session(sessions, settings),
+        max_age=int(dashboard_sessions.lifetime(settings).total_seconds()),
         httponly=True,
         samesite="strict",
         secure=settings.public_url.startswith("https"),
@@ -136,7 +144,14 @@ async def login(request: Request, settings: SettingsDep) -> Response:
 
 
 @router.post("/dashboard/logout")
-async def logout() -> Response:
+async def logout(request: Request, sessions: SessionsDep, settings: SettingsDep) -> Response:
+    """Ends this browser's session (its cookie no longer works anywhere, even copied), or with the
+    form field `everywhere=1` every session."""
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    everywhere = (form.get("everywhere") or [""])[0] in ("1", "true", "on")
+    await dashboard_sessions.close_session(
+        sessions, settings, request.cookies.get(COOKIE), everywhere=everywhere
+    )
     response = RedirectResponse("/dashboard", status_code=303)
     response.delete_cookie(COOKIE)
     return response

@@ -33,6 +33,7 @@ from api.deps import RoutingDep, SessionsDep, SettingsDep
 from api.errors import BadToken
 from nudge.contacts import consent, suppression
 from nudge.events import schemas as ev
+from nudge.keys import keyring
 from nudge.mail import links, tracking
 from nudge.settings import Settings
 from nudge.storage.models import Consent, Contact, utcnow
@@ -67,7 +68,7 @@ def contact_from_token(purpose: str) -> Callable[..., Awaitable[LinkedContact]]:
         token: str, sessions: SessionsDep, settings: SettingsDep
     ) -> LinkedContact:
         try:
-            claims = links.verify(settings.secret_key, purpose, token)
+            claims = links.verify(keyring(settings), purpose, token)
         except links.InvalidToken:
             raise BadToken(refusal) from None
         async with sessions() as session:

@@ -1,57 +1,37 @@
 """`GET /v1/reports/...`: the figures of the dashboard as JSON, so they can be scripted.
 
 Authenticated like every `/v1` route (`Authorization: Bearer $NUDGE_API_KEY`) or by the
-dashboard's session cookie, an HMAC of that key (see api/routers/dashboard.py).
+dashboard's session cookie (api/sessions.py: it expires and can be revoked).
 """
 
 from __future__ import annotations
 
-import hmac
-import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.deps import FlowsDep, SessionDep, SessionsDep, SettingsDep
+from api.deps import FlowsDep, SessionDep, SessionsDep, SettingsDep, key_ok
 from api.errors import Invalid, NotFound, Unauthorized
+from api.sessions import COOKIE, session_ok
 from nudge.analytics import metrics, reports
 from nudge.contacts import directory
-from nudge.settings import Settings
 from nudge.storage.models import Contact, Segment
 
-COOKIE = "nudge_key"
-
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer $NUDGE_API_KEY`")
-
-
-def key_ok(settings: Settings, given: str | None) -> bool:
-    return secrets.compare_digest((given or "").encode(), settings.api_key.encode())
-
-
-def session_token(settings: Settings) -> str:
-    """The dashboard cookie's value: derived from the API key (so it dies with it) without
-    being the key itself."""
-    mac = hmac.new(
-        settings.secret_key.encode(), f"dashboard\x1f{settings.api_key}".encode(), "sha256"
-    )
-    return mac.hexdigest()
-
-
-def session_ok(settings: Settings, given: str | None) -> bool:
-    return secrets.compare_digest((given or "").encode(), session_token(settings).encode())
 
 
 async def require_report_access(
     request: Request,
     settings: SettingsDep,
+    sessions: SessionsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     if credentials is not None:
         allowed = key_ok(settings, credentials.credentials)
     else:
-        allowed = session_ok(settings, request.cookies.get(COOKIE))
+        allowed = await session_ok(sessions, settings, request.cookies.get(COOKIE))
     if not allowed:
         raise Unauthorized("missing or wrong API key: send `Authorization: Bearer <NUDGE_API_KEY>`")
 

@@ -16,6 +16,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from api.deps import SessionsDep, SettingsDep
 from api.errors import BadToken
+from nudge.keys import Keyring, keyring
 from nudge.mail import links, tracking
 from nudge.settings import Settings
 
@@ -27,10 +28,10 @@ Claims = TypeVar("Claims")
 
 
 def _verified(
-    verify: Callable[[str, str], Claims], settings: Settings, token: str, link: str
+    verify: Callable[[Keyring, str], Claims], settings: Settings, token: str, link: str
 ) -> Claims:
     try:
-        return verify(settings.secret_key, token)
+        return verify(keyring(settings), token)
     except links.InvalidToken:
         raise BadToken(f"this {link} is not valid") from None
 

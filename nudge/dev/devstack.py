@@ -2,13 +2,16 @@
 
 Starts the Temporal dev server, migrates the database, then runs the mail catcher (only for a
 loopback NUDGE_SMTP_HOST whose port is free; otherwise mail goes where it points), the worker
-and the API as child processes, prefixing each line they print with their name.
+and the API as child processes, prefixing each line they print with their name. They run with
+`NUDGE_ENV=development` (unless the environment says otherwise), which lets them start on the
+default secrets: a developer's machine, never a deployment.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import sys
@@ -239,6 +242,8 @@ async def wait_for_stop(started: list[Child], stopping: asyncio.Event) -> int:
 
 
 def main() -> None:
+    # Read by get_settings() here and inherited by every child.
+    os.environ.setdefault("NUDGE_ENV", "development")
     try:
         code = asyncio.run(run())
     except StackError as err:

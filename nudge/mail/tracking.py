@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from nudge import keys
 from nudge.mail import links
 from nudge.mail.render import RenderedEmail
 from nudge.settings import Settings
@@ -79,16 +80,16 @@ class ClickClaims:
     url: str
 
 
-def sign_click(secret: str, claims: ClickClaims) -> str:
+def sign_click(keyring: links.Keyring, claims: ClickClaims) -> str:
     return links.sign_fields(
-        secret, links.CLICK, str(claims.contact_id), claims.message_id, claims.url
+        keyring, links.CLICK, str(claims.contact_id), claims.message_id, claims.url
     )
 
 
-def verify_click(secret: str, token: str) -> ClickClaims:
+def verify_click(keyring: links.Keyring, token: str) -> ClickClaims:
     """The click's claims; raises links.InvalidToken for a token that was forged, altered or
     truncated, or whose URL is not a web link (the redirect never goes anywhere else)."""
-    contact_id, message_id, url = links.verify_fields(secret, links.CLICK, token, 3)
+    contact_id, message_id, url = links.verify_fields(keyring, links.CLICK, token, 3)
     if not _is_web(url):
         raise links.InvalidToken("not a web link")
     try:
@@ -97,12 +98,12 @@ def verify_click(secret: str, token: str) -> ClickClaims:
         raise links.InvalidToken(str(err)) from None
 
 
-def sign_open(secret: str, contact_id: int, message_id: str) -> str:
-    return links.sign(secret, links.OPEN, links.TokenClaims(contact_id, message_id))
+def sign_open(keyring: links.Keyring, contact_id: int, message_id: str) -> str:
+    return links.sign(keyring, links.OPEN, links.TokenClaims(contact_id, message_id))
 
 
-def verify_open(secret: str, token: str) -> links.TokenClaims:
-    return links.verify(secret, links.OPEN, token)
+def verify_open(keyring: links.Keyring, token: str) -> links.TokenClaims:
+    return links.verify(keyring, links.OPEN, token)
 
 
 def _is_web(url: str) -> bool:
@@ -125,12 +126,13 @@ def instrument(
         return rendered
     base = settings.public_url.rstrip("/")
     direct = f"{base}/u/"  # the unsubscribe page stays a direct link
+    keyring = keys.keyring(settings)
 
     def tracked(url: str) -> str:
         if not _is_web(url) or url.startswith(direct):
             return url
         claims = ClickClaims(contact_id, message_id, url)
-        return f"{base}/t/c/{sign_click(settings.secret_key, claims)}"
+        return f"{base}/t/c/{sign_click(keyring, claims)}"
 
     def in_html(match: re.Match[str]) -> str:
         url = html.unescape(match.group(3).strip())
@@ -147,7 +149,7 @@ def instrument(
 
     body = _HREF.sub(in_html, rendered.html)
     pixel = (
-        f'<img src="{base}/t/o/{sign_open(settings.secret_key, contact_id, message_id)}.gif" '
+        f'<img src="{base}/t/o/{sign_open(keyring, contact_id, message_id)}.gif" '
         'width="1" height="1" alt="" style="display:block;border:0;width:1px;height:1px">'
     )
     ends = list(_BODY_END.finditer(body))

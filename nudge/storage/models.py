@@ -478,3 +478,15 @@ class AbDecision(Base):
     probability: Mapped[float]
     numbers: Mapped[dict[str, Any]]
     decided_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DashboardSession(Base):
+    """A dashboard sign-in (api/sessions.py). The browser's cookie holds a random id; this row only
+    its digest under the dashboard's key, so a copy of the table signs nobody in. Deleting the
+    row signs that browser out; past `expires_at` it is refused and swept."""
+
+    __tablename__ = "dashboard_sessions"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)

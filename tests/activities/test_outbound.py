@@ -110,15 +110,24 @@ async def test_posts_signed_json_with_a_delivery_id() -> None:
     assert stamp == int(sent_at.timestamp())
 
 
-async def test_the_secret_falls_back_to_the_secret_key() -> None:
+async def test_the_main_secret_never_signs_a_webhook() -> None:
+    """Receivers hold the key they verify with: were it NUDGE_SECRET_KEY, they could forge every
+    customer's links. Without NUDGE_WEBHOOK_SECRET (development only: elsewhere the worker does
+    not start, tests/nudge/test_settings.py) nothing goes out and the step fails at once."""
     with receiver() as hook:
-        activities = WebhookActivities(settings_for(hook.url, webhook_secret=None))
-        await call(activities, job())
+        activities = WebhookActivities(
+            settings_for(hook.url, webhook_secret=None, env="development")
+        )
+        error = await rejected(activities, job())
         await activities.aclose()
-    [request] = hook.requests
-    header = request.headers["x-nudge-signature"]
-    assert signing.verify("the-app-secret", request.body, header)
-    assert not signing.verify(SECRET, request.body, header)
+    assert hook.requests == []
+    assert error.type == "WebhookSecretMissing" and error.non_retryable
+    assert "NUDGE_WEBHOOK_SECRET" in str(error) and "secrets.token_urlsafe(32)" in str(error)
+
+    # Nor may the webhook secret be the main one: the settings refuse it, in every environment.
+    for env in ("development", "production"):
+        same = settings_for(hook.url, webhook_secret="the-app-secret", env=env)
+        assert any("NUDGE_WEBHOOK_SECRET is NUDGE_SECRET_KEY" in p for p in same.secret_problems())
 
 
 async def test_a_retried_attempt_carries_the_same_delivery_id() -> None:

@@ -21,6 +21,7 @@ from conftest import open_stack
 from nudge.dev.mailcatcher import CaughtMessage, MailCatcher
 from nudge.events import schemas as ev
 from nudge.journeys.contracts import JourneyInput, JourneyState, JourneyStatus
+from nudge.keys import keyring
 from nudge.mail import tracking
 from nudge.mail.render import RenderedEmail
 from nudge.settings import Settings
@@ -98,7 +99,7 @@ def tracked_links(stack: Stack, caught: CaughtMessage) -> dict[str, str]:
     found: dict[str, str] = {}
     for href in hrefs(caught):
         if "/t/c/" in href:
-            claims = tracking.verify_click(stack.settings.secret_key, href.rsplit("/", 1)[1])
+            claims = tracking.verify_click(keyring(stack.settings), href.rsplit("/", 1)[1])
             found[claims.url] = href
     return found
 
@@ -420,7 +421,7 @@ def test_text_links_keep_their_punctuation() -> None:
     )
     out = tracking.instrument(rendered, settings, 7, "m@x")
     [href] = re.findall(r'href="([^"]+)"', out.html)
-    claims = tracking.verify_click(settings.secret_key, html.unescape(href).rsplit("/", 1)[1])
+    claims = tracking.verify_click(keyring(settings), html.unescape(href).rsplit("/", 1)[1])
     assert (claims.contact_id, claims.message_id, claims.url) == (
         7,
         "m@x",

@@ -68,7 +68,7 @@ async def test_asked_gets_the_news_at_once_and_a_reminder_two_days_later(stack: 
     assert first.html is not None and first.text is not None
     assert "Linen shirt" in first.html and "€49.00" in first.html
     assert f'src="https://shop.example/img/{pid}.jpg"' in first.html
-    assert f"https://shop.example/p/{pid}" in untracked(first.text, stack.settings.secret_key)
+    assert f"https://shop.example/p/{pid}" in untracked(first.text, stack.settings)
     assert second.message["X-Nudge-Step"] == "back_in_stock_2"
 
 

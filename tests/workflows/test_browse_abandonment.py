@@ -78,7 +78,7 @@ async def test_a_view_gets_the_product_then_one_more_nudge(stack: Stack) -> None
     assert (
         "Linen trousers" in first.html and f"https://shop.example/img/{similar}.jpg" in first.html
     )
-    assert f"https://shop.example/p/{pid}" in untracked(first.text, stack.settings.secret_key)
+    assert f"https://shop.example/p/{pid}" in untracked(first.text, stack.settings)
     assert second.text is not None and "Linen shirt" in second.text
     rows = await stack.messages(wid)
     assert [(r.step, r.status) for r in rows] == [("browse_1", "sent"), ("browse_2", "sent")]

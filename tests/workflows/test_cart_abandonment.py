@@ -52,9 +52,7 @@ async def test_abandoned_cart_gets_three_emails_at_their_offsets(stack: Stack) -
     assert "Linen shirt" in first.html and "€49.00" in first.html
     assert 'src="https://shop.example/img/p1.jpg"' in first.html
     # Through click tracking (nudge/mail/tracking.py), to the cart's checkout.
-    assert f"https://shop.example/checkout/{token}" in untracked(
-        first.text, stack.settings.secret_key
-    )
+    assert f"https://shop.example/checkout/{token}" in untracked(first.text, stack.settings)
 
     rows = await stack.messages(wid)
     assert [(r.step, r.status, r.attempts) for r in rows] == [

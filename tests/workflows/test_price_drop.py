@@ -70,7 +70,7 @@ async def test_a_viewer_gets_old_and_new_price_an_hour_after_the_drop(stack: Sta
     assert "<s>€59.00</s> now €39.00" in mail.html
     assert "was €59.00, now €39.00" in mail.text
     assert f'src="https://shop.example/img/{pid}.jpg"' in mail.html
-    assert f"https://shop.example/p/{pid}" in untracked(mail.text, stack.settings.secret_key)
+    assert f"https://shop.example/p/{pid}" in untracked(mail.text, stack.settings)
 
 
 @pytest.mark.parametrize(

@@ -59,7 +59,7 @@ async def test_the_readme_flow_texts_a_stalled_checkout_and_stops_on_order(
             sqlite_url,
             mailcatcher,
             flows=(example.CheckoutSms,),
-            settings_overrides={"webhooks": {"sms": hook.url}},
+            settings_overrides={"webhooks": {"sms": hook.url}, "webhook_secret": "whsec-example"},
         ) as stack:
             email, token = new_email(), new_id("cart")
             response = await stack.post(cart_event(email, token, type="checkout_started"))

@@ -1,4 +1,4 @@
-"""SMTP submission settings: a password never crosses the network in clear, and a worker with
+"""Settings: SMTP submission. A password never crosses the network in clear, and a worker with
 such a configuration refuses to start, saying what to set."""
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def test_the_worker_refuses_to_start_with_a_password_in_clear(tmp_path: Path) ->
         "NUDGE_SMTP_USERNAME": "AKIA",
         "NUDGE_SMTP_PASSWORD": "secret-password",
         "NUDGE_SMTP_SECURITY": "none",
+        "NUDGE_ENV": "development",  # so that only the SMTP setting is at fault
         # Never reached: the settings fail first.
         "NUDGE_TEMPORAL_ADDRESS": "127.0.0.1:9",
     }
