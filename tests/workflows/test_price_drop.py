@@ -19,7 +19,16 @@ from nudge.events import schemas as ev
 from nudge.intake import projection
 from nudge.journeys.contracts import JourneyStatus
 from nudge.storage.models import StoreEvent
-from support import Stack, new_email, new_id, order_event, quiet_window, record_history, untracked
+from support import (
+    Stack,
+    dst_shift,
+    new_email,
+    new_id,
+    order_event,
+    quiet_window,
+    record_history,
+    untracked,
+)
 from workflows.browse_abandonment import BrowseAbandonment
 from workflows.journey import choose
 from workflows.price_drop import PriceDrop
@@ -149,7 +158,13 @@ async def test_quiet_hours_hold_the_email_until_they_end(
     assert state.started_at is not None
     [sent] = state.emails
     assert sent.status == "sent"
-    assert timedelta(hours=3) <= sent.at - state.started_at < timedelta(hours=3, minutes=3)
+    # A window that spans a daylight-saving change is an hour longer (autumn) or shorter.
+    shift = dst_shift(state.started_at, sent.at)
+    assert (
+        timedelta(hours=3) + shift
+        <= sent.at - state.started_at
+        < timedelta(hours=3, minutes=3) + shift
+    )
     assert f"{sent.at.astimezone(ZoneInfo('Europe/Lisbon')):%H:%M}" == window.split("-")[1]
 
 
