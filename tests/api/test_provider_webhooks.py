@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import func, select
 
 from nudge.journeys.contracts import JourneyStatus
-from nudge.storage.models import Contact, MessageEvent, Suppression
-from support import Stack, cart_event, new_email, new_id
+from nudge.storage.models import Contact, MessageEvent, Suppression, utcnow
+from support import Stack, cart_event, iso, new_email, new_id
 from webhook_support import SendGridKey, SnsServer, ses_bounce, ses_complaint, sns_server
 
 API = {"Authorization": "Bearer test-key"}
@@ -196,3 +196,24 @@ async def test_postmark_with_credentials(stack: Stack, configured: SendGridKey) 
     )
     assert response.status_code == 200, response.text
     assert await state_of(stack, email) == ("unsubscribed", ["complaint", "unsubscribe"], 1)
+
+
+async def test_a_complaint_after_a_resubscribe_unsubscribes_again(
+    stack: Stack, sns: SnsServer, configured: SendGridKey
+) -> None:
+    email = new_email()
+    _, mid = await started(stack, email)
+    assert (await ses(stack, sns.notification(ses_complaint(email, mid)))).status_code == 200
+    assert (await state_of(stack, email))[0] == "unsubscribed"
+    resubscribe = {
+        "id": new_id("evt"),
+        "type": "customer_subscribed",
+        "occurred_at": iso(utcnow()),
+        "contact": {"email": email},
+    }
+    assert (await stack.post(resubscribe)).status_code == 202
+    assert (await state_of(stack, email))[0] == "subscribed"
+    # A new complaint (a new SNS message) unsubscribes again; its redelivery changes nothing.
+    again = sns.notification(ses_complaint(email, mid))
+    assert (await ses(stack, again)).status_code == 200
+    assert (await state_of(stack, email))[0] == "unsubscribed"
