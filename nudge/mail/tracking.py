@@ -120,8 +120,10 @@ _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
 def instrument(
     rendered: RenderedEmail, settings: Settings, contact_id: int, message_id: str
 ) -> RenderedEmail:
-    """The email with every web link (HTML and text part) going through the click redirect and
-    an open pixel at the end of the HTML; unchanged when `NUDGE_TRACKING` is off."""
+    """The email with every web link the template wrote going through the click redirect (the
+    HTML part's `<a href>`, and the same URLs in the text part) and an open pixel at the end of
+    the HTML; unchanged when `NUDGE_TRACKING` is off. A URL that came with the data (a contact's
+    name or property) stays text: it never becomes a signed redirect from the store's domain."""
     if not settings.tracking:
         return rendered
     base = settings.public_url.rstrip("/")
@@ -141,11 +143,16 @@ def instrument(
             return match.group(0)
         return f"{match.group(1)}{match.group(2)}{html.escape(new)}{match.group(2)}"
 
+    # Only links the template wrote get tracked, never data (a first name that is a URL): in
+    # the HTML part, an `<a href>` (data is escaped there, it can never make one); in the text
+    # part, where a URL cannot be told from data, only a URL that is one of those hrefs.
+    linked = {html.unescape(m.group(3).strip()) for m in _HREF.finditer(rendered.html)}
+
     def in_text(match: re.Match[str]) -> str:
         url = match.group(0)
         trail = len(url) - len(url.rstrip(".,;:!?"))
         core, rest = (url[:-trail], url[-trail:]) if trail else (url, "")
-        return tracked(core) + rest
+        return (tracked(core) if core in linked else core) + rest
 
     body = _HREF.sub(in_html, rendered.html)
     pixel = (
