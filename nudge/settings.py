@@ -119,9 +119,13 @@ class Settings(BaseSettings):
         default=False, description="Subscribers must confirm by email before any marketing"
     )
     # Amazon SES through SNS: only certificates from this URL pattern are trusted (tests
-    # point it at a local server); an empty topic list accepts any topic.
+    # point it at a local server); only the topics listed are accepted: none until you list
+    # yours (anyone can subscribe the endpoint to a topic of their own, and AWS signs it).
     sns_cert_url_pattern: str = r"^https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[^?#]+\.pem$"
     ses_topic_arns: list[str] = Field(default_factory=list)
+    sns_max_age: float = Field(
+        default=3600, gt=0, description="Seconds: an SNS message dated earlier is refused (replay)"
+    )
     # SendGrid signed event webhook: the verification key (base64 DER) from SendGrid's settings.
     sendgrid_webhook_public_key: str | None = None
     sendgrid_webhook_max_age: float = Field(default=600, gt=0, description="Seconds")

@@ -59,11 +59,9 @@ async def _apply(
             contact=ev.ContactIn.model_construct(email=contact.email),
         )
         await routing.ingest_one(event, event.model_dump(mode="json", exclude_unset=True))
-    return {
-        "received": len(outcomes),
-        "known": sum(o.contact_id is not None for o in outcomes),
-        "suppressed": sum(o.suppressed is not None for o in outcomes),
-    }
+    # The same answer whether or not an address is a contact: a caller learns nothing about who
+    # the store's customers are.
+    return {"status": "received", "received": len(outcomes)}
 
 
 @router.post("/ses", summary="Amazon SES bounces and complaints, through SNS")

@@ -3,8 +3,10 @@ provider-neutral `suppression.Feedback`.
 
 - **Amazon SES through SNS**: the SNS message signature (SignatureVersion 1, SHA1withRSA, or 2,
   SHA256withRSA) is verified against the certificate at `SigningCertURL`, which must match
-  `NUDGE_SNS_CERT_URL_PATTERN` (https on an `sns.<region>.amazonaws.com` host). Certificates are
-  fetched once per URL and cached. A `SubscriptionConfirmation` is confirmed by GETting its
+  `NUDGE_SNS_CERT_URL_PATTERN` (https on an `sns.<region>.amazonaws.com` host). Only topics listed
+  in `NUDGE_SES_TOPIC_ARNS` are accepted (none until it is set: anyone can subscribe the endpoint
+  to a topic of their own, and AWS signs what they publish); a `Timestamp` more than
+  `NUDGE_SNS_MAX_AGE` seconds away is refused. Certificates are fetched once per URL and cached. A `SubscriptionConfirmation` is confirmed by GETting its
   `SubscribeURL`, which must be on the same host as the (trusted) certificate.
 - **SendGrid** signed event webhook: ECDSA (P-256, SHA-256) over timestamp + raw body, with the
   verification key `NUDGE_SENDGRID_WEBHOOK_PUBLIC_KEY`; older than
@@ -84,8 +86,13 @@ async def verify_sns(message: dict[str, Any], settings: Settings, fetch: Fetch) 
     cert_url = str(message.get("SigningCertURL", ""))
     if not re.match(settings.sns_cert_url_pattern, cert_url):
         raise Forged(f"untrusted SNS certificate URL {cert_url!r}")
-    if settings.ses_topic_arns and message.get("TopicArn") not in settings.ses_topic_arns:
-        raise Forged(f"SNS topic {message.get('TopicArn')!r} is not one of ours")
+    if not settings.ses_topic_arns:
+        raise Forged(
+            "NUDGE_SES_TOPIC_ARNS is not set: no SNS topic is accepted until you list yours"
+        )
+    if message.get("TopicArn") not in settings.ses_topic_arns:
+        raise Forged(f"SNS topic {message.get('TopicArn')!r} is not in NUDGE_SES_TOPIC_ARNS")
+    _check_sns_age(message.get("Timestamp"), settings.sns_max_age)
     try:
         signature = base64.b64decode(str(message["Signature"]), validate=True)
         signed = sns_string_to_sign(message)
@@ -96,6 +103,15 @@ async def verify_sns(message: dict[str, Any], settings: Settings, fetch: Fetch) 
         key.verify(signature, signed, padding.PKCS1v15(), _HASHES[version]())
     except InvalidSignature:
         raise Forged("bad SNS signature") from None
+
+
+def _check_sns_age(stamp: Any, max_age: float) -> None:
+    """Refuse a message dated more than `max_age` seconds from now (a replay of an old one)."""
+    when = _when(stamp) if isinstance(stamp, str) else None
+    if when is None:
+        raise Forged("SNS Timestamp missing or unreadable")
+    if abs(time.time() - when.timestamp()) > max_age:
+        raise Forged(f"stale SNS message (Timestamp {stamp}; NUDGE_SNS_MAX_AGE is {max_age:g}s)")
 
 
 async def _sns_key(url: str, fetch: Fetch) -> rsa.RSAPublicKey:
