@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from temporalio.client import Client
 
-from api import errors
+from api import errors, limits
 from api.deps import require_api_key
 from api.routers import (
     contacts,
@@ -67,6 +67,7 @@ def create_app(
     )
     app.state.settings = settings
     errors.install(app)
+    limits.install(app, settings)
     include_routers(app)
 
     @app.get("/healthz", tags=["health"])

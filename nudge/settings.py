@@ -132,6 +132,13 @@ class Settings(BaseSettings):
     # Postmark signs nothing: its webhook URL carries HTTP basic credentials, checked here.
     postmark_webhook_user: str | None = None
     postmark_webhook_password: str | None = None
+    # Request bodies (README "Security"): larger is a 413 before the body is read; batch routes
+    # (`POST /v1/events`, `/v1/products`, `/webhooks/sendgrid`) take the larger limit.
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Bytes")
+    max_batch_body_bytes: int = Field(default=16_777_216, ge=1024, description="Bytes")
+    # New SNS certificate URLs fetched per minute at most (a forged message cannot make Nudge
+    # fetch without bound); certificates are cached, the 64 most recent.
+    sns_cert_fetches_per_minute: int = Field(default=10, ge=1)
     # Tracking, attribution and A/B winners (README "Tracking and reports").
     tracking: bool = Field(default=True, description="Open pixel and click redirects in emails")
     tracking_scanner_seconds: float = Field(
