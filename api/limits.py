@@ -10,6 +10,9 @@
 from __future__ import annotations
 
 import json
+import time
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -82,8 +85,80 @@ async def _refuse(send: Send, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class Throttle:
+    """Failures per caller in a sliding minute: `blocked` once a caller had `per_minute` of
+    them, or every caller together ten times that (guesses spread over many addresses)."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute, self.clock = per_minute, clock
+        self.failures: dict[str, deque[float]] = {}
+        self.everyone: deque[float] = deque()
+
+    def _recent(self, times: deque[float]) -> int:
+        now = self.clock()
+        while times and now - times[0] >= 60:
+            times.popleft()
+        return len(times)
+
+    def blocked(self, caller: str) -> bool:
+        mine = self.failures.get(caller)
+        if mine is not None and not self._recent(mine):
+            del self.failures[caller]
+            mine = None
+        return (mine is not None and len(mine) >= self.per_minute) or self._recent(
+            self.everyone
+        ) >= 10 * self.per_minute
+
+    def failed(self, caller: str) -> None:
+        now = self.clock()
+        if len(self.failures) > 10_000:  # bounded memory: forget the quietest callers
+            self.failures = {k: v for k, v in self.failures.items() if self._recent(v)}
+        self.failures.setdefault(caller, deque()).append(now)
+        self.everyone.append(now)
+
+
+# Every HTML page (the dashboard, the preference and confirmation pages): nothing from elsewhere,
+# never in a frame (clickjacking), forms post only here.
+HTML_HEADERS = (
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+        b"object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    ),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+)
+
+
+class HtmlHeaders:
+    """ASGI middleware: `HTML_HEADERS` on every `text/html` response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or [])
+                content_type = dict(headers).get(b"content-type", b"")
+                if content_type.startswith(b"text/html"):
+                    names = {name.lower() for name, _ in headers}
+                    headers += [h for h in HTML_HEADERS if h[0] not in names]
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
 def install(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(HtmlHeaders)
+    app.state.login_throttle = Throttle(settings.dashboard_login_attempts_per_minute)
 
     @app.exception_handler(RecursionError)
     async def _too_deep(_request: Request, _exc: Any) -> JSONResponse:

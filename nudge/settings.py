@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     # one still verifies links during a rotation; nothing new is signed with it.
     secret_key: str = "dev-secret-change-me"
     secret_key_previous: str | None = None
+    dashboard_login_attempts_per_minute: int = Field(
+        default=5, ge=1, description="Wrong keys per minute from one address before a 429"
+    )
     dashboard_session_hours: float = Field(
         default=12, gt=0, description="A dashboard sign-in lasts this long"
     )
