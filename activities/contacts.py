@@ -64,7 +64,7 @@ class ContactActivities:
                 .where(Order.contact_id == cid, Order.status != REFUNDED)
             )
             engaged = await session.scalar(
-                select(func.max(MessageEvent.at)).where(
+                select(func.max(func.coalesce(MessageEvent.last_at, MessageEvent.at))).where(
                     MessageEvent.contact_id == cid,
                     MessageEvent.kind.in_((OPEN, CLICK)),
                     MessageEvent.machine.is_(False),

@@ -195,6 +195,25 @@ def scanner_click(sent_at: datetime | None, at: datetime, settings: Settings) ->
     )
 
 
+async def _repeat(session: AsyncSession, event: MessageEvent, at: datetime) -> MessageEvent:
+    """`event`, or the row that already counts the same open or click (message, kind, link,
+    `machine`) with this repeat added: a replayed token grows a count, not the table."""
+    same = [
+        MessageEvent.message_id == event.message_id,
+        MessageEvent.kind == event.kind,
+        MessageEvent.machine.is_(event.machine),
+        MessageEvent.url.is_(None) if event.url is None else MessageEvent.url == event.url,
+    ]
+    known = await session.scalar(select(MessageEvent).where(*same).order_by(MessageEvent.id))
+    if known is None:
+        event.at, event.last_at, event.times = at, at, 1
+        session.add(event)
+        return event
+    known.last_at, known.times = at, known.times + 1
+    known.user_agent = event.user_agent or known.user_agent
+    return known
+
+
 async def record_open(
     session: AsyncSession,
     contact_id: int,
@@ -203,7 +222,7 @@ async def record_open(
     user_agent: str | None,
     client_ip: str | None,
 ) -> MessageEvent | None:
-    """Record one fetch of the pixel (every fetch: unique opens are counted by the reports)."""
+    """Record a fetch of the pixel: the first one a row, each repeat a count on it."""
     message = await session.get(Message, message_id)
     if message is None or message.contact_id != contact_id:
         return None
@@ -211,12 +230,10 @@ async def record_open(
         message_id=message_id,
         contact_id=contact_id,
         kind=OPEN,
-        at=utcnow(),
         machine=machine_agent(user_agent, client_ip),
         user_agent=(user_agent or "")[:512] or None,
     )
-    session.add(event)
-    return event
+    return await _repeat(session, event, utcnow())
 
 
 async def record_click(
@@ -238,7 +255,7 @@ async def record_click(
         recent = and_(
             MessageEvent.message_id == claims.message_id,
             MessageEvent.kind == CLICK,
-            MessageEvent.at >= since,
+            func.coalesce(MessageEvent.last_at, MessageEvent.at) >= since,
         )
         links = await session.scalar(
             select(func.count(func.distinct(MessageEvent.url))).where(
@@ -252,13 +269,11 @@ async def record_click(
         message_id=claims.message_id,
         contact_id=claims.contact_id,
         kind=CLICK,
-        at=now,
         url=claims.url[:2048],
         machine=machine,
         user_agent=(user_agent or "")[:512] or None,
     )
-    session.add(event)
-    return event
+    return await _repeat(session, event, now)
 
 
 async def record_unsubscribe(session: AsyncSession, contact_id: int, message_id: str) -> None:

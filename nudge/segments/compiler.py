@@ -363,7 +363,7 @@ class _Compiler:
             MessageEvent.contact_id == Contact.id,
             MessageEvent.kind.in_(kinds),
             MessageEvent.machine.is_(False),
-            MessageEvent.at >= self.since(days),
+            func.coalesce(MessageEvent.last_at, MessageEvent.at) >= self.since(days),
         )
 
     def cart_open(self, days: int) -> ColumnElement[bool]:

@@ -482,3 +482,31 @@ async def test_data_never_becomes_a_tracked_link(tracked: Stack) -> None:
     urls = {tracking.verify_click(keyring(stack.settings), t).url for t in tokens}
     assert f"https://shop.example/checkout/{token}" in urls
     assert not [url for url in urls if "evil" in url]
+
+
+async def test_replayed_opens_and_clicks_are_counted_not_stored(tracked: Stack) -> None:
+    """One valid token replayed a hundred times: one row each for the open and the click (per
+    link), with how many times and the first and latest time, not a row per replay."""
+    stack, email, token = tracked, new_email(), new_id("cart")
+    await start(stack, email, token)
+    await stack.env.sleep(timedelta(hours=3))
+    [caught] = stack.mail_to(email)
+    assert caught.message_id is not None
+    await set_sent_at(stack, caught.message_id, utcnow() - timedelta(hours=1))
+    checkout = tracked_links(stack, caught)[f"https://shop.example/checkout/{token}"]
+    for _ in range(100):
+        headers = {"User-Agent": BROWSER}
+        assert (await stack.http.get(pixel(caught), headers=headers)).status_code == 200
+        assert (await stack.http.get(path(checkout), headers=headers)).status_code == 302
+    async with stack.sessions() as session:
+        rows = list(
+            await session.scalars(
+                select(MessageEvent).where(MessageEvent.message_id == caught.message_id)
+            )
+        )
+    assert len(rows) == 2, len(rows)
+    assert sorted((r.kind, r.times, r.machine) for r in rows) == [
+        ("click", 100, False),
+        ("open", 100, False),
+    ]
+    assert all(r.last_at is not None and r.last_at >= r.at for r in rows)
