@@ -277,3 +277,20 @@ async def test_no_personal_data_reaches_the_history(stack: Stack) -> None:
     assert "SMTPPermanentError" in text  # the refusal is there...
     assert "personal-property-value" not in text
     assert email not in text  # ... without the address
+
+
+async def test_store_event_ids_stay_out_of_the_history(stack: Stack) -> None:
+    """A store's event id is free text (here, one with the customer's name in it): the journey
+    knows it by a digest; the database keeps the store's id, and the journey runs as before."""
+    email, token = new_email(), new_id("cart")
+    event_id = f"checkout-of-maria-{new_id('x')}"
+    response = await stack.post(cart_event(email, token, event_id=event_id))
+    [wid] = response.json()["results"][0]["journeys"]
+    state = await stack.finish(wid)
+    assert [e.status for e in state.emails][:1] == ["sent"]
+    history = await stack.temporal.get_workflow_handle(wid).fetch_history()
+    text = history_text(history.to_json())
+    assert "maria" not in text and "evt-" in text
+    # The Message-ID derives from the journey's own id: the same on every retry.
+    [first, *_] = await stack.messages(wid)
+    assert first.trigger_event_id.startswith("evt-")
