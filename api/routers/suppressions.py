@@ -56,7 +56,7 @@ class SuppressionIn(BaseModel):
 async def list_suppressions(
     sessions: SessionsDep,
     reason: Reason | None = None,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> SuppressionsOut:
     async with sessions() as session:
