@@ -10,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint format clean chaos bench system-deps spamcheck test-clock
+.PHONY: venv run test lint format clean chaos bench system-deps spamcheck test-clock fuzz
 
 venv: $(STAMP)
 
@@ -65,6 +65,11 @@ test-clock: system-deps venv
 # SpamAssassin scores (local rules) of every shipped template; fails above 2.0.
 spamcheck: venv system-deps
 	$(BIN)/python -m nudge.dev.spamcheck
+
+# The long fuzz run (Schemathesis over the OpenAPI spec, in-process); a short one (300 requests)
+# is part of `make test`. NUDGE_FUZZ_EXAMPLES=50000 make fuzz for longer.
+fuzz: venv
+	NUDGE_FUZZ_EXAMPLES=$${NUDGE_FUZZ_EXAMPLES:-10000} $(BIN)/pytest -q -s tests/api/test_fuzz.py
 
 # The full chaos run (1000 journeys, 10 worker kills); a short one is part of `make test`.
 chaos: venv

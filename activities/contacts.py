@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -64,7 +65,7 @@ class ContactActivities:
                 .where(Order.contact_id == cid, Order.status != REFUNDED)
             )
             engaged = await session.scalar(
-                select(func.max(MessageEvent.at)).where(
+                select(func.max(func.coalesce(MessageEvent.last_at, MessageEvent.at))).where(
                     MessageEvent.contact_id == cid,
                     MessageEvent.kind.in_((OPEN, CLICK)),
                     MessageEvent.machine.is_(False),
@@ -72,7 +73,7 @@ class ContactActivities:
             )
             return ContactProfile(
                 segments=list(segments),
-                properties=dict(contact.properties or {}),
+                properties=_only(contact.properties or {}, job.properties),
                 tags=list(tags),
                 orders=int(orders or 0),
                 last_engaged_at=engaged,
@@ -114,3 +115,11 @@ def _check(job: ContactUpdateInput) -> None:
         )
     if problem:
         raise ApplicationError(problem, type="InvalidContactUpdate", non_retryable=True)
+
+
+def _only(properties: dict[str, Any], names: list[str] | None) -> dict[str, Any]:
+    """The properties a flow asked for by name (None: all, as before names could be given):
+    a profile lands in the workflow's history, and a store's properties may be personal."""
+    if names is None:
+        return dict(properties)
+    return {name: properties[name] for name in names if name in properties}

@@ -13,6 +13,7 @@ finds `sending` knows the server dropped the message and resends it, and one tha
 from __future__ import annotations
 
 import logging
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -41,7 +42,17 @@ FINAL = (MessageStatus.SENT, MessageStatus.SKIPPED, MessageStatus.FAILED)
 def sender_fault(err: SenderFault) -> ApplicationError:
     """Retryable, with its own type: the configuration is wrong, not the message (README
     "Sending through a provider"). Retried with backoff until the send's deadline."""
-    return ApplicationError(str(err), type="SmtpSenderFault", non_retryable=False)
+    return ApplicationError(redact(str(err)), type="SmtpSenderFault", non_retryable=False)
+
+
+_ADDRESS = re.compile(r"[^\s<>\"'(),;:]+@[^\s<>\"'(),;:]+")
+
+
+def redact(text: str) -> str:
+    """`text` without email addresses: a failure's message goes into the workflow's history,
+    which holds no personal data (an SMTP server names the recipient it refused). The message
+    log keeps the full error."""
+    return _ADDRESS.sub("<address>", text)
 
 
 class Superseded(Exception):
@@ -65,7 +76,7 @@ class EmailActivities:
     async def send_email(self, job: SendEmailInput) -> SendEmailResult:
         mid = message_id(job.workflow_id, job.trigger_event_id, job.step, self.settings.from_domain)
         if (fault := self.sender.held_back()) is not None:
-            raise sender_fault(fault)  # the log is not touched while the sender is broken
+            raise sender_fault(fault) from None  # the log is not touched while it is broken
         async with self.sessions.begin() as session:
             prepared = await self._prepare(session, job, mid)
         if isinstance(prepared, SendEmailResult):
@@ -92,7 +103,7 @@ class EmailActivities:
             await self.sender.send(message, commit=mark_sent)
         except SenderFault as err:
             await self._requeue(mid, attempt, err, MessageStatus.SENDING)
-            raise sender_fault(err) from err
+            raise sender_fault(err) from None
         except DotNotSent as err:
             # Committed, but the final dot never left: the server kept nothing, so undo it.
             await self._requeue(mid, attempt, err, MessageStatus.SENT)
@@ -102,7 +113,7 @@ class EmailActivities:
                 return await self._smtp_error(job, mid, err, committed)
             # "Authenticate first" on a connection already open: the sender's, not the message's.
             await self._requeue(mid, attempt, err, MessageStatus.SENDING)
-            raise sender_fault(SenderFault(f"{err.code} {err.message}")) from err
+            raise sender_fault(SenderFault(f"{err.code} {err.message}")) from None
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as err:
             return await self._smtp_error(job, mid, err, committed)
         return SendEmailResult(message_id=mid, status=MessageStatus.SENT)
@@ -116,7 +127,10 @@ class EmailActivities:
             log.warning("no reply after the final dot of %s: kept as sent (%s)", mid, err)
             return SendEmailResult(message_id=mid, status=MessageStatus.SENT)
         await self._smtp_failed(job, mid, err)
-        raise err
+        # Retried; its message (which may name the recipient) without the address, no cause.
+        raise ApplicationError(
+            redact(f"{type(err).__name__}: {err}"), type=type(err).__name__
+        ) from None
 
     async def _prepare(
         self, session: AsyncSession, job: SendEmailInput, mid: str
@@ -234,7 +248,7 @@ class EmailActivities:
                 f"SMTP rejected {job.step} permanently with {code}",
                 type="SMTPPermanentError",
                 non_retryable=True,
-            ) from err
+            ) from None  # the cause names the recipient: it stays in the message log
 
     async def _skip_reason(
         self, session: AsyncSession, job: SendEmailInput, contact: Contact

@@ -10,8 +10,8 @@ from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from temporalio.client import Client
 
-from api import errors
-from api.deps import require_api_key
+from api import errors, limits
+from api.deps import BODY_MODELS, require_api_key
 from api.routers import (
     contacts,
     dashboard,
@@ -67,6 +67,7 @@ def create_app(
     )
     app.state.settings = settings
     errors.install(app)
+    limits.install(app, settings)
     include_routers(app)
 
     @app.get("/healthz", tags=["health"])
@@ -105,6 +106,10 @@ def openapi(app: FastAPI) -> dict[str, Any]:
         components.update(event_schema.pop("$defs", {}))
         components["StoreEvent"] = event_schema
         components.update(segments.schemas())
+        for model in BODY_MODELS:
+            body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(body.pop("$defs", {}))
+            components[model.__name__] = body
         app.openapi_schema = schema
     return app.openapi_schema
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
-from api.errors import Unauthorized
+from api.errors import Invalid, Unauthorized, invalid_from
+from nudge.events import jsonbody
 from nudge.journeys.routing import EventRouter, Flow
 from nudge.settings import Settings
 
@@ -69,3 +71,33 @@ async def require_api_key(
 ) -> None:
     if not key_ok(settings, credentials.credentials if credentials else None):
         raise Unauthorized("missing or wrong API key: send `Authorization: Bearer <NUDGE_API_KEY>`")
+
+
+Model = TypeVar("Model", bound=BaseModel)
+#: The models read by `json_body`, whose schemas the app publishes (api/app.py `openapi`).
+BODY_MODELS: list[type[BaseModel]] = []
+
+
+def json_body(model: type[Model]) -> Callable[[Request], Awaitable[Model]]:
+    """A dependency: the request's JSON body as `model`. Unlike a FastAPI body parameter it
+    is read after the route's other dependencies, so a call without the API key is a 401
+    whatever its body, and it is parsed with bounded nesting (nudge.events.jsonbody)."""
+    BODY_MODELS.append(model)
+
+    async def parse(request: Request) -> Model:
+        try:
+            data = jsonbody.loads(await request.body())
+        except ValueError as err:
+            raise Invalid(f"the body is not valid JSON: {err}", fields=[]) from None
+        try:
+            return model.model_validate(data)
+        except ValidationError as err:
+            raise invalid_from(err) from None
+
+    return parse
+
+
+def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` that documents a `json_body(model)` route's body."""
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}

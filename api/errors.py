@@ -41,6 +41,20 @@ class Refused(NudgeError):
     code = "unauthorized"
 
 
+class Forbidden(NudgeError):
+    status_code = 403
+    code = "forbidden"
+
+
+class TooManyAttempts(NudgeError):
+    status_code = 429
+    code = "too_many_attempts"
+
+    def __init__(self, message: str, headers: dict[str, str] | None = None, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.headers = headers
+
+
 class NotFound(NudgeError):
     status_code = 404
     code = "not_found"

@@ -8,7 +8,8 @@ the table signs nobody in, and a session ends:
 
   - when it expires (the cookie's Max-Age says the same to the browser);
   - at sign-out: `POST /dashboard/logout` deletes its row, so a copied cookie dies with it, and
-    with `everywhere=1` every session's;
+    with `everywhere=1` every session's; the form carries the session's `csrf` token (a page of
+    another site cannot sign anyone out);
   - when `NUDGE_API_KEY` or `NUDGE_SECRET_KEY` changes: no stored digest matches any more.
 """
 
@@ -37,6 +38,20 @@ def digest(settings: Settings, session_id: str) -> str:
     key = keyring(settings).signing_key(DASHBOARD)
     message = f"{settings.api_key}\x1f{session_id}".encode()
     return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def csrf_token(settings: Settings, session_id: str | None) -> str:
+    """The token the dashboard's forms carry (`csrf`): bound to the session, so a page of
+    another site, which cannot read it, cannot post a form on the dashboard's behalf."""
+    if not session_id:
+        return ""
+    key = keyring(settings).signing_key(DASHBOARD)
+    return hmac.new(key, f"csrf\x1f{session_id}".encode(), hashlib.sha256).hexdigest()
+
+
+def csrf_ok(settings: Settings, session_id: str | None, given: str | None) -> bool:
+    expected = csrf_token(settings, session_id)
+    return bool(expected and given) and hmac.compare_digest(expected, given or "")
 
 
 async def open_session(

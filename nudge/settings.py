@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     # one still verifies links during a rotation; nothing new is signed with it.
     secret_key: str = "dev-secret-change-me"
     secret_key_previous: str | None = None
+    dashboard_login_attempts_per_minute: int = Field(
+        default=5, ge=1, description="Wrong keys per minute from one address before a 429"
+    )
     dashboard_session_hours: float = Field(
         default=12, gt=0, description="A dashboard sign-in lasts this long"
     )
@@ -119,15 +122,26 @@ class Settings(BaseSettings):
         default=False, description="Subscribers must confirm by email before any marketing"
     )
     # Amazon SES through SNS: only certificates from this URL pattern are trusted (tests
-    # point it at a local server); an empty topic list accepts any topic.
+    # point it at a local server); only the topics listed are accepted: none until you list
+    # yours (anyone can subscribe the endpoint to a topic of their own, and AWS signs it).
     sns_cert_url_pattern: str = r"^https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[^?#]+\.pem$"
     ses_topic_arns: list[str] = Field(default_factory=list)
+    sns_max_age: float = Field(
+        default=3600, gt=0, description="Seconds: an SNS message dated earlier is refused (replay)"
+    )
     # SendGrid signed event webhook: the verification key (base64 DER) from SendGrid's settings.
     sendgrid_webhook_public_key: str | None = None
     sendgrid_webhook_max_age: float = Field(default=600, gt=0, description="Seconds")
     # Postmark signs nothing: its webhook URL carries HTTP basic credentials, checked here.
     postmark_webhook_user: str | None = None
     postmark_webhook_password: str | None = None
+    # Request bodies (README "Security"): larger is a 413 before the body is read; batch routes
+    # (`POST /v1/events`, `/v1/products`, `/webhooks/sendgrid`) take the larger limit.
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Bytes")
+    max_batch_body_bytes: int = Field(default=16_777_216, ge=1024, description="Bytes")
+    # New SNS certificate URLs fetched per minute at most (a forged message cannot make Nudge
+    # fetch without bound); certificates are cached, the 64 most recent.
+    sns_cert_fetches_per_minute: int = Field(default=10, ge=1)
     # Tracking, attribution and A/B winners (README "Tracking and reports").
     tracking: bool = Field(default=True, description="Open pixel and click redirects in emails")
     tracking_scanner_seconds: float = Field(

@@ -41,6 +41,14 @@ def self_signed() -> tuple[rsa.RSAPrivateKey, bytes]:
     return key, cert.public_bytes(serialization.Encoding.PEM)
 
 
+TOPIC = "arn:aws:sns:x:1:ses"
+
+
+def sns_now() -> str:
+    """An SNS `Timestamp` of now (what a fresh message carries)."""
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
 @dataclass
 class SnsServer:
     """Serves the certificate at /SimpleNotificationService-<id>.pem and records every GET."""
@@ -61,7 +69,7 @@ class SnsServer:
         return message | {"Signature": base64.b64encode(signature).decode()}
 
     def notification(
-        self, payload: dict[str, Any], version: str = "2", topic: str = "arn:aws:sns:x:1:ses"
+        self, payload: dict[str, Any], version: str = "2", topic: str = TOPIC
     ) -> dict[str, Any]:
         return self.sign(
             {
@@ -69,7 +77,7 @@ class SnsServer:
                 "MessageId": str(uuid.uuid4()),
                 "TopicArn": topic,
                 "Message": json.dumps(payload),
-                "Timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+                "Timestamp": sns_now(),
             },
             version,
         )

@@ -359,13 +359,15 @@ class Journey:
 
     # ---- splits and other steps --------------------------------------------------------------
 
-    async def profile(self) -> ContactProfile:
-        """The contact as the database has it now: segments, properties, tags, orders."""
+    async def profile(self, properties: Sequence[str] = ()) -> ContactProfile:
+        """The contact as the database has it now: segments, tags, orders, last engagement, and
+        the `properties` named (only those: the profile is kept in the workflow's history,
+        which must hold no personal data)."""
         # A local activity: one quick read, done in the worker without a task round trip (one
         # marker in the history instead of an activity's three events).
         profile: ContactProfile = await workflow.execute_local_activity_method(
             ContactActivities.profile,
-            ContactProfileInput(contact_id=self.input.contact_id),
+            ContactProfileInput(contact_id=self.input.contact_id, properties=list(properties)),
             start_to_close_timeout=STEP_TIMEOUT,
             schedule_to_close_timeout=STEP_DEADLINE,
             retry_policy=STEP_RETRY,

@@ -8,7 +8,10 @@ chart; both are served by this router, under `/dashboard/static/`.
 Access: the pages ask once for the API key (`NUDGE_API_KEY`) and keep a session (api/sessions.py)
 in an HttpOnly, SameSite=Strict cookie, which the report endpoints accept as well as the
 `Authorization` header. A session expires after `NUDGE_DASHBOARD_SESSION_HOURS`, ends at sign-out
-(`POST /dashboard/logout`, with `everywhere=1` for every browser), and when either key changes.
+(`POST /dashboard/logout`, with `everywhere=1` for every browser, and the session's `csrf`
+token), and when either key changes. Wrong keys are throttled per address
+(`NUDGE_DASHBOARD_LOGIN_ATTEMPTS_PER_MINUTE`, then 429); every HTML page is sent with a
+Content-Security-Policy that forbids framing (api/limits.py).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 
 from api import sessions as dashboard_sessions
 from api.deps import SessionsDep, SettingsDep, key_ok
-from api.errors import NotFound
+from api.errors import Forbidden, NotFound, TooManyAttempts
+from api.limits import Throttle
 from api.sessions import COOKIE
 from nudge.settings import Settings
 
@@ -39,15 +43,21 @@ ASSETS = {
 STYLESHEET = "<link rel=stylesheet href='/dashboard/static/dashboard.css'>"
 
 
-def _html(settings: Settings, title: str, page: dict[str, str], crumb: str = "") -> HTMLResponse:
+def _html(
+    request: Request, settings: Settings, title: str, page: dict[str, str], crumb: str = ""
+) -> HTMLResponse:
     data = json.dumps(page | {"store": settings.store_name}).replace("<", "\\u003c")
+    csrf = dashboard_sessions.csrf_token(settings, request.cookies.get(COOKIE))
     return HTMLResponse(
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
         f"<title>{escape(title)} · Nudge</title>"
         "<meta name=viewport content='width=device-width, initial-scale=1'>"
         f"{STYLESHEET}</head><body>"
         f"<header><a href='/dashboard'>{escape(settings.store_name)}</a>"
-        f"<span class=crumb>{escape(crumb)}</span></header>"
+        f"<span class=crumb>{escape(crumb)}</span>"
+        "<form method=post action='/dashboard/logout' class=signout>"
+        f"<input type=hidden name=csrf value='{csrf}'>"
+        "<button type=submit>Sign out</button></form></header>"
         f"<main id=app></main><script type='application/json' id=page>{data}</script>"
         "<script src='/dashboard/static/dashboard.js'></script></body></html>",
         headers={"Cache-Control": "no-store"},
@@ -82,7 +92,7 @@ async def store_page(
 ) -> HTMLResponse:
     if not await _signed_in(request, sessions, settings):
         return _login(settings, _here(request))
-    return _html(settings, "Flows", {"kind": "store"})
+    return _html(request, settings, "Flows", {"kind": "store"})
 
 
 @router.get("/dashboard/flows/{flow}", response_class=HTMLResponse)
@@ -91,7 +101,7 @@ async def flow_page(
 ) -> HTMLResponse:
     if not await _signed_in(request, sessions, settings):
         return _login(settings, _here(request))
-    return _html(settings, flow, {"kind": "flow", "flow": flow}, f"/ {flow}")
+    return _html(request, settings, flow, {"kind": "flow", "flow": flow}, f"/ {flow}")
 
 
 @router.get("/dashboard/flows/{flow}/preview", response_class=HTMLResponse)
@@ -105,7 +115,11 @@ async def preview_page(
     if not await _signed_in(request, sessions, settings):
         return _login(settings, _here(request))
     return _html(
-        settings, f"{flow} preview", {"kind": "preview", "flow": flow}, f"/ {flow} / preview"
+        request,
+        settings,
+        f"{flow} preview",
+        {"kind": "preview", "flow": flow},
+        f"/ {flow} / preview",
     )
 
 
@@ -123,6 +137,13 @@ async def asset(name: str) -> FileResponse:
 
 @router.post("/dashboard/login", response_class=HTMLResponse)
 async def login(request: Request, sessions: SessionsDep, settings: SettingsDep) -> Response:
+    throttle: Throttle = request.app.state.login_throttle
+    caller = request.client.host if request.client else "?"
+    if throttle.blocked(caller):
+        # Also the right key: a guesser must not learn it while blocked.
+        raise TooManyAttempts(
+            "too many wrong keys: try again in a minute", headers={"Retry-After": "60"}
+        )
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     key = (form.get("key") or [""])[0]
     next_path = (form.get("next") or ["/dashboard"])[0]
@@ -130,6 +151,7 @@ async def login(request: Request, sessions: SessionsDep, settings: SettingsDep) 
     if not next_path.startswith("/dashboard") or next_path.startswith("//"):
         next_path = "/dashboard"
     if not key_ok(settings, key):
+        throttle.failed(caller)
         return _login(settings, next_path, "That is not the API key.")
     response = RedirectResponse(quote(next_path, safe="/?=&%"), status_code=303)
     response.set_cookie(
@@ -146,12 +168,14 @@ async def login(request: Request, sessions: SessionsDep, settings: SettingsDep) 
 @router.post("/dashboard/logout")
 async def logout(request: Request, sessions: SessionsDep, settings: SettingsDep) -> Response:
     """Ends this browser's session (its cookie no longer works anywhere, even copied), or with the
-    form field `everywhere=1` every session."""
+    form field `everywhere=1` every session. The form carries the session's `csrf` token: a
+    page of another site cannot sign the reader out (403)."""
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     everywhere = (form.get("everywhere") or [""])[0] in ("1", "true", "on")
-    await dashboard_sessions.close_session(
-        sessions, settings, request.cookies.get(COOKIE), everywhere=everywhere
-    )
+    cookie = request.cookies.get(COOKIE)
+    if cookie and not dashboard_sessions.csrf_ok(settings, cookie, (form.get("csrf") or [""])[0]):
+        raise Forbidden("sign out from the dashboard's own form (missing or wrong csrf token)")
+    await dashboard_sessions.close_session(sessions, settings, cookie, everywhere=everywhere)
     response = RedirectResponse("/dashboard", status_code=303)
     response.delete_cookie(COOKIE)
     return response

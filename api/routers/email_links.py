@@ -32,6 +32,7 @@ from fastapi.responses import HTMLResponse
 from api.deps import RoutingDep, SessionsDep, SettingsDep
 from api.errors import BadToken
 from nudge.contacts import consent, suppression
+from nudge.events import log as event_log
 from nudge.events import schemas as ev
 from nudge.keys import keyring
 from nudge.mail import links, tracking
@@ -149,10 +150,14 @@ async def unsubscribe_from_all(
     settings: Settings,
     routing: RoutingDep,
 ) -> HTMLResponse:
-    """From all marketing: the one-click `POST /u/{token}` and the preference page's button."""
+    """From all marketing: the one-click `POST /u/{token}` and the preference page's button.
+
+    Every click takes effect, also the same link clicked again after the store re-subscribed the
+    contact (a legal requirement): each click is an event of its own (the link's id and a nonce),
+    never dropped as a duplicate of an earlier click; applying it twice changes nothing more."""
     contact, message_id = linked.contact, linked.message_id
     event = ev.CustomerUnsubscribed(
-        id=f"unsubscribe:{message_id}",
+        id=event_log.unique_event_id("unsubscribe", message_id),
         type="customer_unsubscribed",
         occurred_at=utcnow(),
         contact=ev.ContactIn(email=contact.email),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -10,6 +9,7 @@ from pydantic import ValidationError
 
 from api.deps import RoutingDep, SessionsDep, SettingsDep
 from api.errors import Invalid, invalid_from
+from nudge.events import jsonbody
 from nudge.events import schemas as ev
 from nudge.journeys.routing import IngestResult
 
@@ -59,7 +59,7 @@ async def post_events(
     routing: RoutingDep,
 ) -> IngestResult:
     try:
-        body = json.loads(await request.body())
+        body = jsonbody.loads(await request.body())
     except ValueError as err:
         raise Invalid(f"the body is not valid JSON: {err}", fields=[]) from None
     batch = parse_events(body)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import RoutingDep, SessionsDep
+from api.deps import RoutingDep, SessionsDep, body_schema, json_body
 from nudge.commerce import catalog
 from nudge.events import schemas as ev
 
@@ -46,9 +46,10 @@ class CatalogResult(BaseModel):
         "contact who viewed it then (neither for one who ordered it since). Retrying a post is "
         "safe: it routes what an interrupted one left unrouted and raises nothing twice."
     ),
+    openapi_extra=body_schema(CatalogIn),
 )
 async def post_products(
-    body: CatalogIn,
+    body: Annotated[CatalogIn, Depends(json_body(CatalogIn))],
     sessions: SessionsDep,
     routing: RoutingDep,
 ) -> CatalogResult:

@@ -127,9 +127,11 @@ async def preview(
     contact: Annotated[str, Query(description="The contact's email address or id")],
 ) -> list[reports.EmailPreview]:
     name = await _flow_name(session, flows, flow)
+    # An id is ASCII digits that fit a BIGINT ("²" is a digit to `isdigit`, and not an int).
+    as_id = contact.isascii() and contact.isdigit() and len(contact) <= 18
     found = (
         await session.get(Contact, int(contact))
-        if contact.isdigit()
+        if as_id
         else await directory.contact_by_email(session, contact)
     )
     if found is None:

@@ -6,7 +6,6 @@ wrote it (`definition.all.1.count`) rather than pydantic's path through the unio
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
@@ -17,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from api.deps import SessionDep, SessionsDep
 from api.errors import Conflict, Invalid, NotFound
 from nudge.contacts import directory
+from nudge.events import jsonbody
 from nudge.segments import catalogue
 from nudge.segments.definition import SEGMENT_ID, BoundedCondition, validation_errors
 from nudge.storage.models import utcnow
@@ -89,7 +89,7 @@ Model = TypeVar("Model", bound=BaseModel)
 
 async def _body(request: Request, model: type[Model]) -> Model:
     try:
-        body = json.loads(await request.body())
+        body = jsonbody.loads(await request.body())
     except ValueError as err:
         raise Invalid(f"the body is not valid JSON: {err}", fields=[]) from None
     try:

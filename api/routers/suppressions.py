@@ -6,10 +6,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, EmailStr, Field
 
-from api.deps import SessionsDep
+from api.deps import SessionsDep, body_schema, json_body
 from api.errors import NotFound
 from nudge.contacts import directory, suppression
 from nudge.storage.models import Suppression
@@ -56,7 +56,7 @@ class SuppressionIn(BaseModel):
 async def list_suppressions(
     sessions: SessionsDep,
     reason: Reason | None = None,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> SuppressionsOut:
     async with sessions() as session:
@@ -67,8 +67,15 @@ async def list_suppressions(
     )
 
 
-@router.post("/suppressions", status_code=201, summary="Suppress a known contact's address")
-async def add_suppression(body: SuppressionIn, sessions: SessionsDep) -> SuppressionOut:
+@router.post(
+    "/suppressions",
+    status_code=201,
+    summary="Suppress a known contact's address",
+    openapi_extra=body_schema(SuppressionIn),
+)
+async def add_suppression(
+    body: Annotated[SuppressionIn, Depends(json_body(SuppressionIn))], sessions: SessionsDep
+) -> SuppressionOut:
     async with sessions.begin() as session:
         contact = await directory.contact_by_email(session, body.email.lower())
         if contact is None:

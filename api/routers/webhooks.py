@@ -18,6 +18,7 @@ from api.deps import RoutingDep, SessionsDep, SettingsDep
 from api.errors import Invalid, Refused
 from nudge.contacts import suppression
 from nudge.contacts.suppression import Feedback
+from nudge.events import log as event_log
 from nudge.events import schemas as ev
 from nudge.mail import feedback
 from nudge.storage.models import Contact, utcnow
@@ -45,23 +46,22 @@ async def _apply(
         for item in reports:
             outcomes.append(await suppression.record_feedback(session, item))
     for outcome in outcomes:
-        if outcome.suppressed != "complaint" or outcome.contact_id is None:
+        if not outcome.complained or outcome.contact_id is None:
             continue
         async with sessions() as session:
             contact = await session.get(Contact, outcome.contact_id)
         assert contact is not None
         event = ev.CustomerUnsubscribed(
-            id=f"complaint:{contact.id}",
+            # Every complaint unsubscribes, also one after the store re-subscribed the contact.
+            id=event_log.unique_event_id("complaint", str(contact.id)),
             type="customer_unsubscribed",
             occurred_at=utcnow(),
             contact=ev.ContactIn.model_construct(email=contact.email),
         )
         await routing.ingest_one(event, event.model_dump(mode="json", exclude_unset=True))
-    return {
-        "received": len(outcomes),
-        "known": sum(o.contact_id is not None for o in outcomes),
-        "suppressed": sum(o.suppressed is not None for o in outcomes),
-    }
+    # The same answer whether or not an address is a contact: a caller learns nothing about who
+    # the store's customers are.
+    return {"status": "received", "received": len(outcomes)}
 
 
 @router.post("/ses", summary="Amazon SES bounces and complaints, through SNS")

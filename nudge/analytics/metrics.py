@@ -141,6 +141,10 @@ def attributed_orders(
     event, message = aliased(MessageEvent), aliased(Message)
     click_from = _minus(session, Order.placed_at, settings.attribution_click_days * 86400)
     open_from = _minus(session, Order.placed_at, settings.attribution_open_days * 86400)
+    # A row counts repeats (first `at`, latest `last_at`): the touch is the latest repeat up to
+    # the order when that is known (`last_at` before it), else the first.
+    latest = func.coalesce(event.last_at, event.at)
+    touched = case((latest <= Order.placed_at, latest), else_=event.at)
     last_touch = (
         select(event.message_id)
         .join(message, message.message_id == event.message_id)
@@ -149,12 +153,13 @@ def attributed_orders(
             event.machine == false(),
             event.at <= Order.placed_at,
             or_(
-                and_(event.kind == "click", event.at >= click_from),
-                and_(event.kind == "open", event.at >= open_from),
+                and_(event.kind == "click", touched >= click_from),
+                and_(event.kind == "open", touched >= open_from),
             ),
             message.transactional == false(),
         )
-        .order_by(event.at.desc(), event.id.desc())
+        # (By the latest repeat: SQLite cannot order a correlated subquery by an outer column.)
+        .order_by(latest.desc(), event.id.desc())
         .limit(1)
         .correlate(Order)
         .scalar_subquery()

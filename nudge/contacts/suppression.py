@@ -164,6 +164,9 @@ class Feedback:
 class Outcome:
     contact_id: int | None
     suppressed: str | None  # the suppression reason this report added, if any
+    # A complaint seen for the first time (not a redelivery): it always unsubscribes, also when
+    # the complaint suppression was already there (a contact re-subscribed since).
+    complained: bool = False
 
 
 EVENT_KIND = {"hard_bounce": "bounce", "soft_bounce": "soft_bounce"}
@@ -219,7 +222,7 @@ async def record_feedback(session: AsyncSession, feedback: Feedback) -> Outcome:
     added = await add(
         session, contact, reason, source=feedback.source, details=feedback.details, at=at
     )
-    return Outcome(contact.id, reason if added else None)
+    return Outcome(contact.id, reason if added else None, feedback.kind == "complaint")
 
 
 async def _soft_bounces_in_a_row(session: AsyncSession, contact_id: int) -> int:

@@ -4,6 +4,7 @@ outbox of what is left to route (`routed_at`), including the internal events an 
 from __future__ import annotations
 
 import hashlib
+import secrets
 from typing import Any
 
 from sqlalchemy import (
@@ -74,3 +75,10 @@ async def follow_ups(session: AsyncSession, event_id: str) -> list[ev.StoreEvent
         .order_by(StoreEvent.occurred_at, StoreEvent.id)
     )
     return [ev.stored_event_adapter.validate_python(row.payload) for row in rows]
+
+
+def unique_event_id(kind: str, reference: str) -> str:
+    """`kind:reference:nonce`, within the 128 characters of an event id: an action a person
+    takes again (an unsubscribe, a complaint) is an event again, never a duplicate of the first."""
+    nonce = secrets.token_urlsafe(9)
+    return f"{f'{kind}:{reference}'[: 127 - len(nonce)]}:{nonce}"

@@ -117,6 +117,9 @@ def message_id(workflow_id: str, trigger_event_id: str, step: str, domain: str) 
 
 class ContactProfileInput(BaseModel):
     contact_id: int
+    # The properties the flow branches on, by name: only these reach the workflow's history.
+    # None (histories recorded before there was a choice) means every property.
+    properties: list[str] | None = None
 
 
 class ContactProfile(BaseModel):

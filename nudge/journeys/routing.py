@@ -17,6 +17,7 @@ delays it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -68,6 +69,19 @@ class IngestResult(BaseModel):
     results: list[EventResult]
 
 
+def history_event_id(event: ev.StoreEventIn) -> str:
+    """The id a journey knows an event by (its input's `trigger_event_id`, a signal's `id`): a
+    store's event id is free text, which may hold personal data and lands in the workflow's
+    history, so a journey gets its SHA-256 instead (`evt-` and 40 hex digits), the same for the
+    same id. Nudge's own events keep theirs (made of ids and digests already): the price-drop
+    email looks its `price_dropped` event up by it. The database (`journeys`, `events`) keeps
+    the store's ids. Journeys started before this keep the id they started with, so their
+    Message-IDs and message log keys do not change."""
+    if event.type in catalog.DERIVED_TYPES:
+        return event.id
+    return f"evt-{hashlib.sha256(event.id.encode()).hexdigest()[:40]}"
+
+
 def journey_event(event: ev.StoreEventIn) -> JourneyEvent:
     cart = ev.cart_of(event)
     order = event.order if isinstance(event, ev.OrderPlaced) else None
@@ -78,7 +92,7 @@ def journey_event(event: ev.StoreEventIn) -> JourneyEvent:
     )
     product = getattr(event, "product", None)
     return JourneyEvent(
-        id=event.id,
+        id=history_event_id(event),
         type=event.type,
         occurred_at=event.occurred_at,
         cart_token=cart.token if cart else order.cart_token if order else None,
@@ -300,7 +314,7 @@ class EventRouter:
                 flow=flow.flow,
                 contact_id=contact_id,
                 key=key,
-                trigger_event_id=event_id,
+                trigger_event_id=signal.id,  # never the store's id (`history_event_id`)
                 time_scale=self.settings.time_scale,
                 timezone=timezone or self.settings.store_timezone,
                 quiet_hours=self.settings.quiet_hours,

@@ -3,8 +3,11 @@ provider-neutral `suppression.Feedback`.
 
 - **Amazon SES through SNS**: the SNS message signature (SignatureVersion 1, SHA1withRSA, or 2,
   SHA256withRSA) is verified against the certificate at `SigningCertURL`, which must match
-  `NUDGE_SNS_CERT_URL_PATTERN` (https on an `sns.<region>.amazonaws.com` host). Certificates are
-  fetched once per URL and cached. A `SubscriptionConfirmation` is confirmed by GETting its
+  `NUDGE_SNS_CERT_URL_PATTERN` (https on an `sns.<region>.amazonaws.com` host). Only topics listed
+  in `NUDGE_SES_TOPIC_ARNS` are accepted (none until it is set: anyone can subscribe the endpoint
+  to a topic of their own, and AWS signs what they publish); a `Timestamp` more than
+  `NUDGE_SNS_MAX_AGE` seconds away is refused. Certificates are fetched once per URL and cached (the 64 most recently used), and at most
+  `NUDGE_SNS_CERT_FETCHES_PER_MINUTE` new URLs are fetched a minute. A `SubscriptionConfirmation` is confirmed by GETting its
   `SubscribeURL`, which must be on the same host as the (trusted) certificate.
 - **SendGrid** signed event webhook: ECDSA (P-256, SHA-256) over timestamp + raw body, with the
   verification key `NUDGE_SENDGRID_WEBHOOK_PUBLIC_KEY`; older than
@@ -19,10 +22,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 import secrets
 import time
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from nudge.contacts.suppression import Feedback
+from nudge.events import jsonbody
 from nudge.settings import Settings
 
 Fetch = Callable[[str], Awaitable[bytes]]
@@ -64,7 +68,6 @@ _SIGNED_KEYS = {
     ),
 }  # fmt: skip
 _HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {"1": hashes.SHA1, "2": hashes.SHA256}
-_cert_cache: dict[str, rsa.RSAPublicKey] = {}
 
 
 def sns_string_to_sign(message: dict[str, Any]) -> bytes:
@@ -84,32 +87,82 @@ async def verify_sns(message: dict[str, Any], settings: Settings, fetch: Fetch) 
     cert_url = str(message.get("SigningCertURL", ""))
     if not re.match(settings.sns_cert_url_pattern, cert_url):
         raise Forged(f"untrusted SNS certificate URL {cert_url!r}")
-    if settings.ses_topic_arns and message.get("TopicArn") not in settings.ses_topic_arns:
-        raise Forged(f"SNS topic {message.get('TopicArn')!r} is not one of ours")
+    if not settings.ses_topic_arns:
+        raise Forged(
+            "NUDGE_SES_TOPIC_ARNS is not set: no SNS topic is accepted until you list yours"
+        )
+    if message.get("TopicArn") not in settings.ses_topic_arns:
+        raise Forged(f"SNS topic {message.get('TopicArn')!r} is not in NUDGE_SES_TOPIC_ARNS")
+    _check_sns_age(message.get("Timestamp"), settings.sns_max_age)
     try:
         signature = base64.b64decode(str(message["Signature"]), validate=True)
         signed = sns_string_to_sign(message)
     except (KeyError, binascii.Error) as err:
         raise Forged(f"incomplete SNS message: {err}") from None
-    key = await _sns_key(cert_url, fetch)
+    key = await _sns_key(cert_url, fetch, settings.sns_cert_fetches_per_minute)
     try:
         key.verify(signature, signed, padding.PKCS1v15(), _HASHES[version]())
     except InvalidSignature:
         raise Forged("bad SNS signature") from None
 
 
-async def _sns_key(url: str, fetch: Fetch) -> rsa.RSAPublicKey:
+def _check_sns_age(stamp: Any, max_age: float) -> None:
+    """Refuse a message dated more than `max_age` seconds from now (a replay of an old one)."""
+    when = _when(stamp) if isinstance(stamp, str) else None
+    if when is None:
+        raise Forged("SNS Timestamp missing or unreadable")
+    if abs(time.time() - when.timestamp()) > max_age:
+        raise Forged(f"stale SNS message (Timestamp {stamp}; NUDGE_SNS_MAX_AGE is {max_age:g}s)")
+
+
+class _CertificateCache:
+    """The SNS certificates' keys by URL: the `size` most recently used (least recently used out,
+    never the whole cache at once), and at most `per_minute` URLs not in it fetched per minute,
+    so that a stream of forged messages each naming a new URL cannot make Nudge fetch without
+    bound."""
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self.keys: OrderedDict[str, rsa.RSAPublicKey] = OrderedDict()
+        self.fetches: deque[float] = deque()
+
+    def get(self, url: str) -> rsa.RSAPublicKey | None:
+        key = self.keys.get(url)
+        if key is not None:
+            self.keys.move_to_end(url)
+        return key
+
+    def may_fetch(self, per_minute: int, now: float) -> bool:
+        while self.fetches and now - self.fetches[0] >= 60:
+            self.fetches.popleft()
+        if len(self.fetches) >= per_minute:
+            return False
+        self.fetches.append(now)
+        return True
+
+    def put(self, url: str, key: rsa.RSAPublicKey) -> None:
+        self.keys[url] = key
+        self.keys.move_to_end(url)
+        while len(self.keys) > self.size:
+            self.keys.popitem(last=False)
+
+
+_cert_cache = _CertificateCache()
+
+
+async def _sns_key(url: str, fetch: Fetch, per_minute: int = 10) -> rsa.RSAPublicKey:
     key = _cert_cache.get(url)
     if key is None:
+        if not _cert_cache.may_fetch(per_minute, time.monotonic()):
+            raise Forged("too many new SNS certificate URLs: try again in a minute")
         try:
             public = x509.load_pem_x509_certificate(await fetch(url)).public_key()
         except (httpx.HTTPError, ValueError) as err:
             raise Forged(f"cannot use the SNS certificate at {url}: {err}") from None
         if not isinstance(public, rsa.RSAPublicKey):
             raise Forged("the SNS certificate's key is not RSA")
-        if len(_cert_cache) > 64:
-            _cert_cache.clear()
-        key = _cert_cache[url] = public
+        _cert_cache.put(url, public)
+        key = public
     return key
 
 
@@ -303,7 +356,8 @@ def _when(value: Any) -> datetime | None:
 
 
 def loads(body: bytes) -> Any:
+    """The JSON in `body`, or None if it is not JSON or nests too deep."""
     try:
-        return json.loads(body)
+        return jsonbody.loads(body)
     except ValueError:
         return None

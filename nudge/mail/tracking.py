@@ -120,8 +120,10 @@ _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
 def instrument(
     rendered: RenderedEmail, settings: Settings, contact_id: int, message_id: str
 ) -> RenderedEmail:
-    """The email with every web link (HTML and text part) going through the click redirect and
-    an open pixel at the end of the HTML; unchanged when `NUDGE_TRACKING` is off."""
+    """The email with every web link the template wrote going through the click redirect (the
+    HTML part's `<a href>`, and the same URLs in the text part) and an open pixel at the end of
+    the HTML; unchanged when `NUDGE_TRACKING` is off. A URL that came with the data (a contact's
+    name or property) stays text: it never becomes a signed redirect from the store's domain."""
     if not settings.tracking:
         return rendered
     base = settings.public_url.rstrip("/")
@@ -141,11 +143,16 @@ def instrument(
             return match.group(0)
         return f"{match.group(1)}{match.group(2)}{html.escape(new)}{match.group(2)}"
 
+    # Only links the template wrote get tracked, never data (a first name that is a URL): in
+    # the HTML part, an `<a href>` (data is escaped there, it can never make one); in the text
+    # part, where a URL cannot be told from data, only a URL that is one of those hrefs.
+    linked = {html.unescape(m.group(3).strip()) for m in _HREF.finditer(rendered.html)}
+
     def in_text(match: re.Match[str]) -> str:
         url = match.group(0)
         trail = len(url) - len(url.rstrip(".,;:!?"))
         core, rest = (url[:-trail], url[-trail:]) if trail else (url, "")
-        return tracked(core) + rest
+        return (tracked(core) if core in linked else core) + rest
 
     body = _HREF.sub(in_html, rendered.html)
     pixel = (
@@ -188,6 +195,25 @@ def scanner_click(sent_at: datetime | None, at: datetime, settings: Settings) ->
     )
 
 
+async def _repeat(session: AsyncSession, event: MessageEvent, at: datetime) -> MessageEvent:
+    """`event`, or the row that already counts the same open or click (message, kind, link,
+    `machine`) with this repeat added: a replayed token grows a count, not the table."""
+    same = [
+        MessageEvent.message_id == event.message_id,
+        MessageEvent.kind == event.kind,
+        MessageEvent.machine.is_(event.machine),
+        MessageEvent.url.is_(None) if event.url is None else MessageEvent.url == event.url,
+    ]
+    known = await session.scalar(select(MessageEvent).where(*same).order_by(MessageEvent.id))
+    if known is None:
+        event.at, event.last_at, event.times = at, at, 1
+        session.add(event)
+        return event
+    known.last_at, known.times = at, known.times + 1
+    known.user_agent = event.user_agent or known.user_agent
+    return known
+
+
 async def record_open(
     session: AsyncSession,
     contact_id: int,
@@ -196,7 +222,7 @@ async def record_open(
     user_agent: str | None,
     client_ip: str | None,
 ) -> MessageEvent | None:
-    """Record one fetch of the pixel (every fetch: unique opens are counted by the reports)."""
+    """Record a fetch of the pixel: the first one a row, each repeat a count on it."""
     message = await session.get(Message, message_id)
     if message is None or message.contact_id != contact_id:
         return None
@@ -204,12 +230,10 @@ async def record_open(
         message_id=message_id,
         contact_id=contact_id,
         kind=OPEN,
-        at=utcnow(),
         machine=machine_agent(user_agent, client_ip),
         user_agent=(user_agent or "")[:512] or None,
     )
-    session.add(event)
-    return event
+    return await _repeat(session, event, utcnow())
 
 
 async def record_click(
@@ -231,7 +255,7 @@ async def record_click(
         recent = and_(
             MessageEvent.message_id == claims.message_id,
             MessageEvent.kind == CLICK,
-            MessageEvent.at >= since,
+            func.coalesce(MessageEvent.last_at, MessageEvent.at) >= since,
         )
         links = await session.scalar(
             select(func.count(func.distinct(MessageEvent.url))).where(
@@ -245,13 +269,11 @@ async def record_click(
         message_id=claims.message_id,
         contact_id=claims.contact_id,
         kind=CLICK,
-        at=now,
         url=claims.url[:2048],
         machine=machine,
         user_agent=(user_agent or "")[:512] or None,
     )
-    session.add(event)
-    return event
+    return await _repeat(session, event, now)
 
 
 async def record_unsubscribe(session: AsyncSession, contact_id: int, message_id: str) -> None:

@@ -59,7 +59,7 @@ from nudge.segments.definition import (
     TagCondition,
     ViewedProductCondition,
 )
-from nudge.segments.rfm import order_totals, rfm_query
+from nudge.segments.rfm import order_aggregates, order_totals, rfm_query
 from nudge.storage.models import (
     Cart,
     CartLine,
@@ -185,6 +185,23 @@ def _cents(amount: Decimal) -> BindParameter[int]:
 
 # ---- the compiler --------------------------------------------------------------------------
 
+#: Derived tables joined at most (SQLite joins at most 64 tables): any definition within the
+#: limits of nudge.segments.definition compiles, a window past these as a correlated subquery.
+MAX_JOINS = 16
+
+
+class _Columns:
+    """An aggregate's columns by name (`.orders`, `.cents`, `.last_at`, `.emails`): a joined
+    derived table's, or correlated scalar subqueries."""
+
+    def __init__(self, columns: Any) -> None:
+        self.c: Any = columns if not isinstance(columns, dict) else _Named(columns)
+
+
+class _Named:
+    def __init__(self, columns: dict[str, ColumnElement[Any]]) -> None:
+        self.__dict__.update(columns)
+
 
 class _Compiler:
     def __init__(self, now: datetime, contact_id: int | None) -> None:
@@ -192,6 +209,7 @@ class _Compiler:
             raise ValueError("`now` must be timezone-aware")
         self.now, self.contact_id = now, contact_id
         self.joins: dict[Hashable, Subquery] = {}
+        self.columns: dict[Hashable, _Columns] = {}
 
     # The clock and the contact are named parameters (`since_30`, `contact_id`), so that one
     # built statement serves every contact at every time (see `membership.evaluate_contact`).
@@ -205,33 +223,50 @@ class _Compiler:
     def _only_contact(self, column: Any) -> list[ColumnElement[bool]]:
         return [column == self.contact()] if self.contact_id is not None else []
 
-    # Per-contact aggregates, one derived table per (source, window), shared by conditions.
+    # Per-contact aggregates, one derived table per (source, window), shared by conditions; past
+    # MAX_JOINS of them (SQLite joins at most 64 tables), correlated scalar subqueries instead.
 
-    def orders(self, within_days: int | None) -> Subquery:
+    def orders(self, within_days: int | None) -> _Columns:
         key = ("orders", within_days)
-        if key not in self.joins:
+        if key not in self.columns:
             conditions = self._only_contact(Order.contact_id)
             if within_days is not None:
                 conditions.append(Order.placed_at >= self.since(within_days))
-            self.joins[key] = order_totals(*conditions).subquery(f"orders_{within_days or 'all'}")
-        return self.joins[key]
+            if len(self.joins) < MAX_JOINS:
+                self.joins[key] = order_totals(*conditions).subquery(
+                    f"orders_{within_days or 'all'}"
+                )
+                self.columns[key] = _Columns(self.joins[key].c)
+            else:
+                where = [Order.contact_id == Contact.id, *conditions]
+                self.columns[key] = _Columns(order_aggregates(*where))
+        return self.columns[key]
 
-    def emails(self, within_days: int | None) -> Subquery:
+    def emails(self, within_days: int | None) -> _Columns:
         key = ("emails", within_days)
-        if key not in self.joins:
+        if key not in self.columns:
             conditions = [
                 Message.status == MessageStatus.SENT,
                 *self._only_contact(Message.contact_id),
             ]
             if within_days is not None:
                 conditions.append(Message.sent_at >= self.since(within_days))
-            self.joins[key] = (
-                select(Message.contact_id.label("contact_id"), func.count().label("emails"))
-                .where(*conditions)
-                .group_by(Message.contact_id)
-                .subquery(f"emails_{within_days or 'all'}")
-            )
-        return self.joins[key]
+            if len(self.joins) < MAX_JOINS:
+                self.joins[key] = (
+                    select(Message.contact_id.label("contact_id"), func.count().label("emails"))
+                    .where(*conditions)
+                    .group_by(Message.contact_id)
+                    .subquery(f"emails_{within_days or 'all'}")
+                )
+                self.columns[key] = _Columns(self.joins[key].c)
+            else:
+                count = (
+                    select(func.count())
+                    .where(Message.contact_id == Contact.id, *conditions)
+                    .scalar_subquery()
+                )
+                self.columns[key] = _Columns({"emails": count})
+        return self.columns[key]
 
     def rfm(self) -> Subquery:
         # Ranked over every buyer: a score is relative, so it is never restricted to one contact.
@@ -328,7 +363,7 @@ class _Compiler:
             MessageEvent.contact_id == Contact.id,
             MessageEvent.kind.in_(kinds),
             MessageEvent.machine.is_(False),
-            MessageEvent.at >= self.since(days),
+            func.coalesce(MessageEvent.last_at, MessageEvent.at) >= self.since(days),
         )
 
     def cart_open(self, days: int) -> ColumnElement[bool]:

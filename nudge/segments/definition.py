@@ -18,6 +18,7 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -323,8 +324,30 @@ def _bounded(condition: Condition) -> Condition:
     return condition
 
 
+def _bounded_as_given(data: Any) -> Any:
+    """The limits checked on the data as given, before any condition is validated: a body of
+    125,000 leaves is refused after counting 101 of them, not after validating them all."""
+    conditions, todo = 0, [(data, 1)]
+    while todo:
+        node, depth = todo.pop()
+        if not isinstance(node, dict):
+            continue
+        conditions += 1
+        if conditions > MAX_CONDITIONS:
+            raise ValueError(f"a definition has at most {MAX_CONDITIONS} conditions")
+        if depth > MAX_DEPTH:
+            raise ValueError(f"conditions nest at most {MAX_DEPTH} deep")
+        for key in ("all", "any"):
+            if isinstance(node.get(key), list):
+                todo.extend((child, depth + 1) for child in node[key])
+        if "not" in node:
+            todo.append((node["not"], depth + 1))
+    return data
+
+
 BoundedCondition = Annotated[
     Condition,
+    BeforeValidator(_bounded_as_given),
     AfterValidator(_bounded),
     Field(description=f"A condition tree: at most {MAX_CONDITIONS} conditions, {MAX_DEPTH} deep"),
 ]

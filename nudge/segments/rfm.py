@@ -63,6 +63,21 @@ def order_totals(*where: ColumnElement[bool]) -> Select[Any]:
     )
 
 
+def order_aggregates(*where: ColumnElement[bool]) -> dict[str, ColumnElement[Any]]:
+    """The columns of `order_totals` as scalar subqueries (correlate `where` with the outer
+    query): `orders` is 0, `cents` and `last_at` NULL without a counted order, as an outer join
+    on `order_totals` gives them."""
+
+    def scalar(aggregate: ColumnElement[Any]) -> ColumnElement[Any]:
+        return select(aggregate).where(Order.status != REFUNDED, *where).scalar_subquery()
+
+    return {
+        "orders": scalar(func.count()),
+        "cents": scalar(func.sum(_Cents(Order.total))),
+        "last_at": scalar(func.max(Order.placed_at)),
+    }
+
+
 # ---- RFM -----------------------------------------------------------------------------------
 
 

@@ -398,10 +398,21 @@ class MessageEvent(Base):
     at: Mapped[datetime] = mapped_column(default=utcnow)
     url: Mapped[str | None] = mapped_column(String(2048))
     machine: Mapped[bool] = mapped_column(default=False)
-    # Who fetched the pixel or followed the link, kept to explain a `machine` flag.
+    # Who fetched the pixel or followed the link (the latest), kept to explain a `machine` flag.
     user_agent: Mapped[str | None] = mapped_column(String(512))
+    # Opens and clicks repeat: one row per message, kind, link and `machine`, with the first
+    # (`at`) and the latest (`last_at`) time and how many `times`, never a row per repeat.
+    last_at: Mapped[datetime | None] = mapped_column(default=None)
+    times: Mapped[int] = mapped_column(default=1, server_default="1")
 
-    __table_args__ = (Index(None, "contact_id", "kind", "at"),)
+    __table_args__ = (
+        Index(None, "contact_id", "kind", "at"),
+        Index("ix_message_events_repeat", "message_id", "kind", "machine"),
+    )
+
+    @property
+    def latest(self) -> datetime:
+        return self.last_at or self.at
 
 
 # ---- deliverability and consent (README "Deliverability and consent") -------------------------

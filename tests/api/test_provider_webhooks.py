@@ -15,9 +15,17 @@ import pytest
 from sqlalchemy import func, select
 
 from nudge.journeys.contracts import JourneyStatus
-from nudge.storage.models import Contact, MessageEvent, Suppression
-from support import Stack, cart_event, new_email, new_id
-from webhook_support import SendGridKey, SnsServer, ses_bounce, ses_complaint, sns_server
+from nudge.storage.models import Contact, MessageEvent, Suppression, utcnow
+from support import Stack, cart_event, iso, new_email, new_id
+from webhook_support import (
+    TOPIC,
+    SendGridKey,
+    SnsServer,
+    ses_bounce,
+    ses_complaint,
+    sns_now,
+    sns_server,
+)
 
 API = {"Authorization": "Bearer test-key"}
 
@@ -34,6 +42,7 @@ def configured(stack: Stack, sns: SnsServer) -> Iterator[SendGridKey]:
     key = SendGridKey()
     overrides: dict[str, Any] = {
         "sns_cert_url_pattern": sns.pattern,
+        "ses_topic_arns": [TOPIC],
         "sendgrid_webhook_public_key": key.public,
         "postmark_webhook_user": "postmark",
         "postmark_webhook_password": "s3cret-pm",
@@ -84,7 +93,7 @@ async def test_a_complained_contact_mid_journey_gets_nothing_more(
     wid, mid = await started(stack, email)
     response = await ses(stack, sns.notification(ses_complaint(email, mid)))
     assert response.status_code == 200, response.text
-    assert response.json()["suppressed"] == 1
+    assert response.json() == {"status": "received", "received": 1}
     state = await stack.finish(wid)
     assert (state.status, state.exit_reason) == (JourneyStatus.EXITED, "customer_unsubscribed")
     assert len(stack.mail_to(email)) == 1
@@ -148,10 +157,10 @@ async def test_sns_subscription_confirmation_is_confirmed(
             "Type": "SubscriptionConfirmation",
             "MessageId": new_id("m"),
             "Token": token,
-            "TopicArn": "arn:aws:sns:x:1:ses",
+            "TopicArn": TOPIC,
             "Message": "You have chosen to subscribe",
             "SubscribeURL": f"{sns.base}/?Action=ConfirmSubscription&Token={token}",
-            "Timestamp": "2026-11-24T10:00:00Z",
+            "Timestamp": sns_now(),
         }
     )
     response = await ses(stack, message)
@@ -196,3 +205,66 @@ async def test_postmark_with_credentials(stack: Stack, configured: SendGridKey) 
     )
     assert response.status_code == 200, response.text
     assert await state_of(stack, email) == ("unsubscribed", ["complaint", "unsubscribe"], 1)
+
+
+async def test_a_complaint_after_a_resubscribe_unsubscribes_again(
+    stack: Stack, sns: SnsServer, configured: SendGridKey
+) -> None:
+    email = new_email()
+    _, mid = await started(stack, email)
+    assert (await ses(stack, sns.notification(ses_complaint(email, mid)))).status_code == 200
+    assert (await state_of(stack, email))[0] == "unsubscribed"
+    resubscribe = {
+        "id": new_id("evt"),
+        "type": "customer_subscribed",
+        "occurred_at": iso(utcnow()),
+        "contact": {"email": email},
+    }
+    assert (await stack.post(resubscribe)).status_code == 202
+    assert (await state_of(stack, email))[0] == "subscribed"
+    # A new complaint (a new SNS message) unsubscribes again; its redelivery changes nothing.
+    again = sns.notification(ses_complaint(email, mid))
+    assert (await ses(stack, again)).status_code == 200
+    assert (await state_of(stack, email))[0] == "unsubscribed"
+
+
+async def test_ses_refuses_topics_not_listed_and_says_nothing_of_who_is_known(
+    stack: Stack, sns: SnsServer, configured: SendGridKey
+) -> None:
+    email = new_email()
+    _, mid = await started(stack, email)
+    # Until NUDGE_SES_TOPIC_ARNS lists the store's topic, nothing is accepted, and a
+    # subscription to an attacker's topic is never confirmed.
+    stack.settings.ses_topic_arns = []
+    token = new_id("tok")
+    confirmation = sns.sign(
+        {
+            "Type": "SubscriptionConfirmation",
+            "MessageId": new_id("m"),
+            "Token": token,
+            "TopicArn": "arn:aws:sns:x:666:attacker",
+            "Message": "You have chosen to subscribe",
+            "SubscribeURL": f"{sns.base}/?Action=ConfirmSubscription&Token={token}",
+            "Timestamp": sns_now(),
+        }
+    )
+    for message in (confirmation, sns.notification(ses_complaint(email, mid))):
+        refused = await ses(stack, message)
+        assert refused.status_code == 401
+        assert "NUDGE_SES_TOPIC_ARNS" in refused.json()["error"]["message"]
+    assert not any(token in get for get in sns.gets)
+    stack.settings.ses_topic_arns = [TOPIC]
+    assert await state_of(stack, email) == ("implied", [], 0)
+    # An old message, genuinely signed, is a replay.
+    stale = sns.notification(ses_complaint(email, mid))
+    stale = sns.sign(
+        {k: v for k, v in stale.items() if k != "Signature"}
+        | {"Timestamp": "2001-09-09T01:46:40.000Z"}
+    )
+    assert (await ses(stack, stale)).status_code == 401
+    assert await state_of(stack, email) == ("implied", [], 0)
+    # Known or not, the answer is the same.
+    known = await ses(stack, sns.notification(ses_bounce(email, mid, permanent=False)))
+    unknown = await ses(stack, sns.notification(ses_bounce(new_email(), mid, permanent=False)))
+    assert known.status_code == unknown.status_code == 200
+    assert known.json() == unknown.json() == {"status": "received", "received": 1}

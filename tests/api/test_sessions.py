@@ -3,8 +3,10 @@ too), and a change of either key ends them all."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
+import httpx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -83,10 +85,45 @@ async def test_the_dashboard_cookie_expires_and_signing_out_kills_copies(stack: 
     page = await stack.http.get("/dashboard", headers=copied)
     assert page.status_code == 200 and "id=app" in page.text
 
-    logout = await stack.http.post("/dashboard/logout", headers=copied | FORM)
+    [csrf] = re.findall(r"name=csrf value='([0-9a-f]+)'", page.text)
+    logout = await stack.http.post(
+        "/dashboard/logout", content=f"csrf={csrf}".encode(), headers=copied | FORM
+    )
     assert logout.status_code == 303
     stack.http.cookies.clear()
     # The browser forgot it; a copy of it is refused too.
     assert (await stack.http.get("/v1/reports/flows", headers=copied)).status_code == 401
     page = await stack.http.get("/dashboard", headers=copied)
     assert "name=key" in page.text
+
+
+async def test_wrong_keys_are_throttled_and_logout_needs_the_pages_token(stack: Stack) -> None:
+    right = f"key={stack.settings.api_key}".encode()
+    codes = []
+    for _ in range(300):
+        response = await stack.http.post("/dashboard/login", content=b"key=guess", headers=FORM)
+        codes.append(response.status_code)
+    limit = 5  # NUDGE_DASHBOARD_LOGIN_ATTEMPTS_PER_MINUTE, by default
+    assert codes[:limit] == [401] * limit and set(codes[limit:]) == {429}
+    # While blocked, even the right key is refused: a guesser cannot tell it.
+    blocked = await stack.http.post("/dashboard/login", content=right, headers=FORM)
+    assert blocked.status_code == 429 and blocked.headers["retry-after"] == "60"
+    # Another address is not blocked by this one's guesses.
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=stack.http._transport.app, client=("198.51.100.7", 1)),  # type: ignore[attr-defined]
+        base_url="http://nudge",
+    ) as other:
+        login = await other.post("/dashboard/login", content=right, headers=FORM)
+        assert login.status_code == 303
+        cookie = {"Cookie": f"nudge_key={login.cookies['nudge_key']}"}
+        other.cookies.clear()
+        page = await other.get("/dashboard", headers=cookie)
+        # HTML pages: no framing, nothing from elsewhere.
+        policy = page.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in policy and "default-src 'self'" in policy
+        assert page.headers["x-frame-options"] == "DENY"
+        # A cross-site form (no token, or another's) cannot sign the reader out.
+        for body in (b"everywhere=1", b"everywhere=1&csrf=" + b"0" * 64):
+            forged = await other.post("/dashboard/logout", content=body, headers=cookie | FORM)
+            assert forged.status_code == 403
+        assert (await other.get("/v1/reports/flows", headers=cookie)).status_code == 200

@@ -415,12 +415,13 @@ def test_text_links_keep_their_punctuation() -> None:
     settings = Settings(secret_key="test-secret", public_url="http://localhost:8000")
     rendered = RenderedEmail(
         subject="s",
-        html='<html><body><a href="https://a.example/x?y=1&amp;z=2">x</a></body></html>',
-        text="See https://a.example/x. Or (https://b.example/y), and "
-        f"{settings.public_url}/u/abc.def for out.\n",
+        html='<html><body><a href="https://a.example/x?y=1&amp;z=2">x</a>'
+        '<a href="https://b.example/y">y</a></body></html>',
+        text="See https://a.example/x?y=1&z=2. Or (https://b.example/y), and "
+        f"{settings.public_url}/u/abc.def for out; https://c.example/z is not a link.\n",
     )
     out = tracking.instrument(rendered, settings, 7, "m@x")
-    [href] = re.findall(r'href="([^"]+)"', out.html)
+    [href, _] = re.findall(r'href="([^"]+)"', out.html)
     claims = tracking.verify_click(keyring(settings), html.unescape(href).rsplit("/", 1)[1])
     assert (claims.contact_id, claims.message_id, claims.url) == (
         7,
@@ -428,8 +429,10 @@ def test_text_links_keep_their_punctuation() -> None:
         "https://a.example/x?y=1&z=2",
     )
     assert out.html.count("/t/o/") == 1 and out.html.index("/t/o/") < out.html.index("</body>")
+    # The text part's URLs the HTML links are tracked; one it does not link stays as written.
     assert re.fullmatch(
-        r"See \S+/t/c/\S+\. Or \(\S+/t/c/\S+\), and http://localhost:8000/u/abc\.def for out\.\n",
+        r"See \S+/t/c/\S+\. Or \(\S+/t/c/\S+\), and http://localhost:8000/u/abc\.def for out; "
+        r"https://c\.example/z is not a link\.\n",
         out.text,
     )
     assert (
@@ -459,3 +462,51 @@ def test_machine_fetches_are_told_from_people() -> None:
     assert tracking.scanner_click(sent, sent + timedelta(seconds=9), settings)
     assert not tracking.scanner_click(sent, sent + timedelta(seconds=10), settings)
     assert not tracking.scanner_click(None, sent, settings)
+
+
+async def test_data_never_becomes_a_tracked_link(tracked: Stack) -> None:
+    """A contact whose first name is a URL gets it as text: no signed redirect from the store's
+    domain leads to it, in the HTML part or in the text part."""
+    stack, email, token = tracked, new_email(), new_id("cart")
+    evil = "https://evil.example/login"
+    event = cart_event(email, token)
+    event["contact"]["first_name"] = evil
+    response = await stack.post(event)
+    assert response.status_code == 202, response.text
+    await stack.env.sleep(timedelta(hours=3))
+    [caught] = stack.mail_to(email)
+    assert caught.html is not None and caught.text is not None
+    assert evil in caught.text  # the name is shown, as text
+    tokens = re.findall(r"/t/c/([A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+)", caught.html + caught.text)
+    assert len(tokens) >= 2  # the template's own links are tracked in both parts
+    urls = {tracking.verify_click(keyring(stack.settings), t).url for t in tokens}
+    assert f"https://shop.example/checkout/{token}" in urls
+    assert not [url for url in urls if "evil" in url]
+
+
+async def test_replayed_opens_and_clicks_are_counted_not_stored(tracked: Stack) -> None:
+    """One valid token replayed a hundred times: one row each for the open and the click (per
+    link), with how many times and the first and latest time, not a row per replay."""
+    stack, email, token = tracked, new_email(), new_id("cart")
+    await start(stack, email, token)
+    await stack.env.sleep(timedelta(hours=3))
+    [caught] = stack.mail_to(email)
+    assert caught.message_id is not None
+    await set_sent_at(stack, caught.message_id, utcnow() - timedelta(hours=1))
+    checkout = tracked_links(stack, caught)[f"https://shop.example/checkout/{token}"]
+    for _ in range(100):
+        headers = {"User-Agent": BROWSER}
+        assert (await stack.http.get(pixel(caught), headers=headers)).status_code == 200
+        assert (await stack.http.get(path(checkout), headers=headers)).status_code == 302
+    async with stack.sessions() as session:
+        rows = list(
+            await session.scalars(
+                select(MessageEvent).where(MessageEvent.message_id == caught.message_id)
+            )
+        )
+    assert len(rows) == 2, len(rows)
+    assert sorted((r.kind, r.times, r.machine) for r in rows) == [
+        ("click", 100, False),
+        ("open", 100, False),
+    ]
+    assert all(r.last_at is not None and r.last_at >= r.at for r in rows)

@@ -10,8 +10,8 @@ from sqlalchemy import select
 
 from nudge.dev.mailcatcher import CaughtMessage
 from nudge.journeys.contracts import JourneyStatus
-from nudge.storage.models import Contact
-from support import Stack, cart_event, forged, new_email, new_id
+from nudge.storage.models import Contact, utcnow
+from support import Stack, cart_event, forged, iso, new_email, new_id
 
 
 async def first_email(stack: Stack, email: str) -> tuple[str, CaughtMessage]:
@@ -88,3 +88,34 @@ async def test_forged_or_retargeted_tokens_are_refused_and_change_nothing(stack:
             assert response.json()["error"]["code"] == "invalid_token"
     assert await consent_of(stack, victim) == "implied"
     assert await consent_of(stack, attacker) == "implied"
+
+
+def subscribe_event(email: str) -> dict[str, object]:
+    return {
+        "id": new_id("evt"),
+        "type": "customer_subscribed",
+        "occurred_at": iso(utcnow()),
+        "contact": {"email": email},
+    }
+
+
+async def test_the_same_link_unsubscribes_again_after_a_resubscribe(stack: Stack) -> None:
+    """An unsubscribe always takes effect: the link clicked again after the store re-subscribed
+    the contact is not dropped as a duplicate of the first click."""
+    email = new_email()
+    _, caught = await first_email(stack, email)
+    path = one_click_path(caught)
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    for method_path, body in (
+        (path, b"List-Unsubscribe=One-Click"),
+        (path.replace("/u/", "/p/"), b"action=all"),
+    ):
+        assert (await stack.post(subscribe_event(email))).status_code == 202
+        assert await consent_of(stack, email) == "subscribed"
+        response = await stack.http.post(method_path, content=body, headers=form)
+        assert response.status_code == 200 and "unsubscribed" in response.text
+        assert await consent_of(stack, email) == "unsubscribed", method_path
+    # ... and again, after another re-subscribe, through the very first link.
+    assert (await stack.post(subscribe_event(email))).status_code == 202
+    assert (await stack.http.post(path, headers=form)).status_code == 200
+    assert await consent_of(stack, email) == "unsubscribed"

@@ -3,6 +3,8 @@ database and SMTP server: days of journey in well under a second each."""
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from datetime import timedelta
 from zoneinfo import ZoneInfo
@@ -252,3 +254,58 @@ async def test_quiet_hours_hold_the_first_email_until_morning(
         < timedelta(hours=6, minutes=3) + shift
     )
     assert f"{first.at.astimezone(ZoneInfo('Europe/Lisbon')):%H:%M}" == window.split("-")[1]
+
+
+def history_text(history_json: str) -> str:
+    """A history as text, with every payload decoded (payloads are base64 in the JSON)."""
+    texts = [history_json]
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for name, value in node.items():
+                if name == "data" and isinstance(value, str):
+                    texts.append(base64.b64decode(value).decode("utf-8", "replace"))
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(json.loads(history_json))
+    return "\n".join(texts)
+
+
+async def test_no_personal_data_reaches_the_history(stack: Stack) -> None:
+    """The contact's properties (the profile read by the returning-customer split) and an SMTP
+    refusal that names the recipient stay out of the workflow's history."""
+    email, token = new_email(), new_id("cart")
+    event = cart_event(email, token)
+    event["contact"]["properties"] = {"note": "personal-property-value"}
+    stack.mail.fail_next(1, 550, f"5.1.1 <{email}>: Recipient address rejected")
+    response = await stack.post(event)
+    [wid] = response.json()["results"][0]["journeys"]
+    state = await stack.finish(wid)
+    assert state.emails[0].status == "failed"  # the 550 happened, and was recorded
+    history = await stack.temporal.get_workflow_handle(wid).fetch_history()
+    text = history_text(history.to_json())
+    assert "contact_profile" in text  # the profile was read
+    assert "SMTPPermanentError" in text  # the refusal is there...
+    assert "personal-property-value" not in text
+    assert email not in text  # ... without the address
+
+
+async def test_store_event_ids_stay_out_of_the_history(stack: Stack) -> None:
+    """A store's event id is free text (here, one with the customer's name in it): the journey
+    knows it by a digest; the database keeps the store's id, and the journey runs as before."""
+    email, token = new_email(), new_id("cart")
+    event_id = f"checkout-of-maria-{new_id('x')}"
+    response = await stack.post(cart_event(email, token, event_id=event_id))
+    [wid] = response.json()["results"][0]["journeys"]
+    state = await stack.finish(wid)
+    assert [e.status for e in state.emails][:1] == ["sent"]
+    history = await stack.temporal.get_workflow_handle(wid).fetch_history()
+    text = history_text(history.to_json())
+    assert "maria" not in text and "evt-" in text
+    # The Message-ID derives from the journey's own id: the same on every retry.
+    [first, *_] = await stack.messages(wid)
+    assert first.trigger_event_id.startswith("evt-")

@@ -106,6 +106,8 @@ async def on_journey_clock(stack: Stack, cid: int) -> None:
             select(MessageEvent).where(MessageEvent.contact_id == cid)
         ):
             event.at += ahead
+            if event.last_at is not None:  # a repeat's latest time (nudge/mail/tracking.py)
+                event.last_at += ahead
 
 
 async def test_no_engagement_in_14_days_suppresses_the_contact_from_marketing(

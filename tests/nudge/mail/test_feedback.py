@@ -14,7 +14,15 @@ import pytest
 
 from nudge.mail import feedback
 from nudge.settings import Settings
-from webhook_support import SendGridKey, SnsServer, ses_bounce, ses_complaint, sns_server
+from webhook_support import (
+    TOPIC,
+    SendGridKey,
+    SnsServer,
+    ses_bounce,
+    ses_complaint,
+    sns_now,
+    sns_server,
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +35,15 @@ def settings(**kw: object) -> Settings:
     return Settings(**kw)  # type: ignore[arg-type]
 
 
+def trusting(sns: SnsServer, **kw: object) -> Settings:
+    """Settings that trust the local certificate server and list the test topic."""
+    return settings(sns_cert_url_pattern=sns.pattern, ses_topic_arns=[TOPIC], **kw)
+
+
 @pytest.mark.parametrize("version", ["1", "2"])
 async def test_a_signed_sns_message_verifies(sns: SnsServer, version: str) -> None:
     message = sns.notification(ses_bounce("ana@example.com", "m1@shop.example"), version)
-    await feedback.verify_sns(
-        message, settings(sns_cert_url_pattern=sns.pattern), feedback.http_get
-    )
+    await feedback.verify_sns(message, trusting(sns), feedback.http_get)
 
 
 @pytest.mark.parametrize(
@@ -52,7 +63,7 @@ async def test_an_altered_sns_message_is_refused(sns: SnsServer, tamper: object)
     with pytest.raises(feedback.Forged):
         await feedback.verify_sns(
             tamper(message),  # type: ignore[operator]
-            settings(sns_cert_url_pattern=sns.pattern),
+            trusting(sns),
             feedback.http_get,
         )
 
@@ -61,7 +72,8 @@ async def test_a_certificate_off_the_amazon_hosts_is_never_fetched(sns: SnsServe
     message = sns.notification(ses_bounce("ana@example.com", None))
     before = len(sns.gets)
     with pytest.raises(feedback.Forged, match="untrusted SNS certificate URL"):
-        await feedback.verify_sns(message, settings(), feedback.http_get)  # the real pattern
+        # the real pattern
+        await feedback.verify_sns(message, settings(ses_topic_arns=[TOPIC]), feedback.http_get)
     assert len(sns.gets) == before
     default = settings().sns_cert_url_pattern
 
@@ -85,14 +97,34 @@ async def test_the_subscribe_url_must_be_on_the_certificate_host(sns: SnsServer)
             "TopicArn": "arn:aws:sns:x:1:ses",
             "Message": "confirm",
             "SubscribeURL": "https://evil.example/confirm",
-            "Timestamp": "2026-11-24T10:00:00Z",
+            "Timestamp": sns_now(),
         }
     )
-    await feedback.verify_sns(
-        message, settings(sns_cert_url_pattern=sns.pattern), feedback.http_get
-    )
+    await feedback.verify_sns(message, trusting(sns), feedback.http_get)
     with pytest.raises(feedback.Forged):
         feedback.subscribe_url(message)
+
+
+async def test_no_topic_is_accepted_until_the_operator_lists_theirs(sns: SnsServer) -> None:
+    """Anyone can subscribe the endpoint to an SNS topic in their own AWS account, and AWS signs
+    what they publish: a genuine signature proves nothing until the topic is one of ours."""
+    theirs = sns.notification(ses_complaint("ana@example.com", None), topic="arn:aws:sns:x:666:t")
+    before = len(sns.gets)
+    with pytest.raises(feedback.Forged, match="NUDGE_SES_TOPIC_ARNS is not set"):
+        await feedback.verify_sns(
+            theirs, settings(sns_cert_url_pattern=sns.pattern), feedback.http_get
+        )
+    with pytest.raises(feedback.Forged, match="not in NUDGE_SES_TOPIC_ARNS"):
+        await feedback.verify_sns(theirs, trusting(sns), feedback.http_get)
+    assert len(sns.gets) == before  # refused before any certificate is fetched
+
+
+@pytest.mark.parametrize("stamp", ["2001-09-09T01:46:40.000Z", "2099-01-01T00:00:00Z", "", "x"])
+async def test_an_sns_message_out_of_its_time_is_refused(sns: SnsServer, stamp: str) -> None:
+    message = sns.notification(ses_bounce("ana@example.com", None))
+    old = sns.sign({k: v for k, v in message.items() if k != "Signature"} | {"Timestamp": stamp})
+    with pytest.raises(feedback.Forged, match="SNS"):
+        await feedback.verify_sns(old, trusting(sns), feedback.http_get)
 
 
 def test_ses_notifications_become_feedback() -> None:

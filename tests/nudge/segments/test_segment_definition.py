@@ -92,3 +92,22 @@ def test_definitions_round_trip() -> None:
         "kind": "orders",
         "total": {"gte": "500"},
     }
+
+
+def test_limits_are_checked_before_the_conditions() -> None:
+    """A definition far over the limits is refused for its size alone, not after every one of
+    its 125,000 conditions was validated (each error listed)."""
+    huge = {"any": [{"any": [{"kind": "tag", "tag": "x"}] * 50}] * 2500}
+    with pytest.raises(ValidationError) as caught:
+        parse(huge)
+    assert validation_errors(caught.value) == [
+        {"field": "definition", "message": "Value error, a definition has at most 100 conditions"}
+    ]
+    deep: Any = {"kind": "tag", "tag": "x"}
+    for _ in range(3000):
+        deep = {"not": deep}
+    with pytest.raises(ValidationError) as caught:
+        parse(deep)
+    assert [e["message"] for e in validation_errors(caught.value)] == [
+        "Value error, conditions nest at most 8 deep"
+    ]

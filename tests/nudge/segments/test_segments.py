@@ -755,3 +755,25 @@ async def test_rfm_segments_are_left_to_the_schedule(fresh: Sessions) -> None:
         assert await membership.refresh_contact(session, cid, NOW) == []
         counts = await membership.refresh_time_based(session, NOW)
     assert counts["recent_rfm"] == membership.RefreshCounts(entered=1, exited=0)
+
+
+async def test_the_largest_definitions_run_on_every_database(
+    sessions: Sessions, store: Store
+) -> None:
+    """100 conditions, each with a window of its own (a derived table each, once): within the
+    documented limits, so it runs, on SQLite too (at most 64 tables in a join), and means what
+    it says."""
+    orders = [{"kind": "orders", "count": {"gte": 1}, "within_days": 1000 + i} for i in range(49)]
+    emails = [
+        {"kind": "emails_received", "count": {"gte": 1}, "within_days": 1000 + i} for i in range(48)
+    ]
+    widest = {
+        "any": [
+            {"kind": "orders", "count": {"gte": 1}, "within_days": 1048},
+            {"kind": "emails_received", "count": {"gte": 1}, "within_days": 1047},
+        ]
+    }
+    expected = await members(sessions, store, widest)
+    assert expected
+    largest = {"any": [{"any": orders}, {"any": emails}]}
+    assert await members(sessions, store, largest) == expected
