@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from nudge.localtime import parse_quiet_hours
@@ -101,6 +101,24 @@ class Settings(BaseSettings):
         default=300, ge=0, description="How often a send re-evaluates its step's A/B test"
     )
     temporal_ui_url: str = "http://localhost:8233"
+
+    # Temporal beyond the dev server (nudge/journeys/connection.py, README "Production"): the
+    # SDK's client configuration (temporal.toml, TEMPORAL_PROFILE, TEMPORAL_ADDRESS,
+    # TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TEMPORAL_TLS*) is read first; NUDGE_TEMPORAL_ADDRESS,
+    # NUDGE_TEMPORAL_NAMESPACE and these override it where set.
+    temporal_profile: str | None = Field(default=None, description="A temporal.toml profile")
+    temporal_api_key: SecretStr | None = Field(default=None, description="Turns TLS on")
+    temporal_tls: bool | None = Field(default=None, description="Force TLS on or off")
+    temporal_tls_client_cert: Path | None = Field(default=None, description="mTLS: PEM file")
+    temporal_tls_client_key: Path | None = Field(default=None, description="mTLS: PEM file")
+    temporal_tls_server_ca: Path | None = Field(
+        default=None, description="PEM file: the CA of a cluster's own certificates"
+    )
+    temporal_tls_server_name: str | None = Field(default=None, description="TLS server name")
+    # Worker Versioning (README "Rolling out flow changes"): a Worker Deployment name turns it on;
+    # every worker of one release has the same build id.
+    worker_deployment: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.\-]{1,200}$")
+    worker_build_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.\-]{1,200}$")
 
     # Flow toolkit (README "Flows"): the store's timezone for contacts without one, quiet hours
     # in the contact's timezone ("" for none), smart sending's window, outbound webhooks.
