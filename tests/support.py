@@ -24,11 +24,17 @@ from temporalio.worker import Replayer
 from activities.segments import SegmentActivities
 from nudge.contacts import directory
 from nudge.dev.mailcatcher import CaughtMessage, MailCatcher
-from nudge.journeys.contracts import JourneyState, SegmentRefreshInput, SegmentRefreshResult
+from nudge.journeys.contracts import (
+    JourneyState,
+    SegmentRefreshInput,
+    SegmentRefreshResult,
+    workflow_id,
+)
 from nudge.journeys.routing import EventRouter
 from nudge.mail import tracking
 from nudge.segments import membership
 from nudge.settings import Settings
+from nudge.storage.installation import load_installation_id
 from nudge.storage.models import JourneyRecord, Message, MessageStatus, utcnow
 from workflows import FLOWS
 from workflows.journey import Journey
@@ -281,3 +287,8 @@ async def record_history(stack: Stack, name: str, workflow_id: str) -> None:
     if os.environ.get("NUDGE_RECORD_HISTORIES"):
         HISTORIES.mkdir(exist_ok=True)
         (HISTORIES / f"{name}.json").write_text(history.to_json())
+
+
+async def journey_id(stack: Stack, flow: str, contact: int, key: str) -> str:
+    """The workflow id routing gives a new journey: with this database's installation id."""
+    return workflow_id(flow, contact, key, await load_installation_id(stack.sessions))
