@@ -27,12 +27,14 @@ from temporalio.client import (
     ScheduleUpdate,
     ScheduleUpdateInput,
 )
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 from activities.contacts import ContactActivities
 from activities.email import EmailActivities
 from activities.outbound import WebhookActivities
 from activities.segments import SegmentActivities
+from nudge.journeys.admin import SearchAttributesMissing, require_search_attributes
 from nudge.journeys.connection import connect
 from nudge.journeys.contracts import SegmentRefreshInput
 from nudge.journeys.routing import EventRouter
@@ -106,6 +108,17 @@ async def ensure_segment_schedule(client: Client, settings: Settings) -> None:
         await client.get_schedule_handle(SCHEDULE_ID).update(update)
 
 
+async def check_search_attributes(client: Client) -> None:
+    """Stop at start, naming them, if the namespace lacks Nudge's search attributes (every
+    journey would fail to start). Credentials that may not list them only get a warning."""
+    try:
+        await require_search_attributes(client)
+    except SearchAttributesMissing as err:
+        raise SystemExit(str(err)) from None
+    except RPCError as err:
+        logging.warning("could not check the namespace's search attributes: %s", err.message)
+
+
 def email_activities(settings: Settings, engine: AsyncEngine) -> EmailActivities:
     return EmailActivities(session_maker(engine), sender_from_settings(settings), settings)
 
@@ -116,6 +129,7 @@ async def main() -> None:
     )
     settings = get_settings()
     client = await connect(settings)
+    await check_search_attributes(client)
     engine = create_engine(settings.database_url)
     email = email_activities(settings, engine)
     sessions = session_maker(engine)
