@@ -27,8 +27,9 @@ from temporalio.client import (
     ScheduleUpdate,
     ScheduleUpdateInput,
 )
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.service import RPCError
-from temporalio.worker import Worker
+from temporalio.worker import Worker, WorkerDeploymentConfig
 
 from activities.contacts import ContactActivities
 from activities.email import EmailActivities
@@ -76,12 +77,32 @@ def build_worker(
     activities.append((webhooks or WebhookActivities(settings)).call_webhook)
     if segments is not None:
         activities.append(segments.refresh_time_based_segments)
+    if settings.worker_deployment and settings.worker_build_id:
+        options.setdefault("deployment_config", deployment_config(settings))
     return Worker(
         client,
         task_queue=settings.task_queue,
         workflows=[*flows, SegmentRefresh],
         activities=activities,
         **options,
+    )
+
+
+def deployment_config(settings: Settings) -> WorkerDeploymentConfig:
+    """Worker Versioning (README "Rolling out flow changes"): this worker is one version
+    (deployment name + build id) of the Worker Deployment; journeys without a behaviour of
+    their own follow NUDGE_WORKER_VERSIONING."""
+    assert settings.worker_deployment and settings.worker_build_id
+    behavior = {
+        "auto_upgrade": VersioningBehavior.AUTO_UPGRADE,
+        "pinned": VersioningBehavior.PINNED,
+    }[settings.worker_versioning]
+    return WorkerDeploymentConfig(
+        version=WorkerDeploymentVersion(
+            deployment_name=settings.worker_deployment, build_id=settings.worker_build_id
+        ),
+        use_worker_versioning=True,
+        default_versioning_behavior=behavior,
     )
 
 

@@ -119,6 +119,20 @@ class Settings(BaseSettings):
     # every worker of one release has the same build id.
     worker_deployment: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.\-]{1,200}$")
     worker_build_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.\-]{1,200}$")
+    worker_versioning: str = Field(
+        default="auto_upgrade",
+        pattern=r"^(auto_upgrade|pinned)$",
+        description="Journeys move to each new current version, or stay on the one they began on",
+    )
+
+    @model_validator(mode="after")
+    def _deployment(self) -> Settings:
+        if (self.worker_deployment is None) != (self.worker_build_id is None):
+            raise ValueError(
+                "NUDGE_WORKER_DEPLOYMENT and NUDGE_WORKER_BUILD_ID go together: "
+                "set both (Worker Versioning) or neither"
+            )
+        return self
 
     # Flow toolkit (README "Flows"): the store's timezone for contacts without one, quiet hours
     # in the contact's timezone ("" for none), smart sending's window, outbound webhooks.
