@@ -165,7 +165,10 @@ async def main() -> None:
         loop.add_signal_handler(sig, stop.set)
     async with build_worker(client, settings, email, segments=segments, webhooks=webhooks):
         logging.info(
-            "worker polling task queue %r at %s", settings.task_queue, settings.temporal_address
+            "worker polling task queue %r at %s, namespace %r",
+            settings.task_queue,
+            client.service_client.config.target_host,
+            client.namespace,
         )
         await stop.wait()
     await email.sender.close()

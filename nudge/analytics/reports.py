@@ -184,7 +184,7 @@ def journeys_url(settings: Settings, flow: str, installation: str | None = None)
     before installation ids carry no NudgeInstallation: `installation=None` finds them)."""
     query = f'NudgeFlow="{flow}" AND ExecutionStatus="Running"'
     if installation:
-        query = f'NudgeInstallation="{installation}" AND {query}'
+        query += f' AND NudgeInstallation="{installation}"'
     return (
         f"{settings.temporal_ui_url.rstrip('/')}/namespaces/"
         f"{quote(settings.temporal_namespace)}/workflows?query={quote(query)}"

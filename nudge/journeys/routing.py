@@ -354,7 +354,7 @@ class EventRouter:
     ) -> str | None:
         """Signal this journey if it was started before installation ids and still runs (such
         journeys keep their ids, and their Message-IDs with them); its id if it got the event.
-        No query at all once no journey of the old format is open."""
+        No query at all in a database that had no such journey open when first asked."""
         installation = await self.installation()
         if self._legacy is None:
             async with self.sessions() as session:
@@ -366,7 +366,8 @@ class EventRouter:
             found = await records.open_journey(session, legacy)
         if found is None:
             return None
-        if await self._signal(legacy, found.run_id or None, signal):
+        # The latest run (a journey may have continued as new since its row was written).
+        if await self._signal(legacy, None, signal):
             return legacy
         async with self.sessions.begin() as session:
             await records.close_journey(session, found.id)
