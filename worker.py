@@ -28,12 +28,15 @@ from temporalio.client import (
     ScheduleUpdate,
     ScheduleUpdateInput,
 )
-from temporalio.worker import Worker
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
+from temporalio.service import RPCError
+from temporalio.worker import Worker, WorkerDeploymentConfig
 
 from activities.contacts import ContactActivities
 from activities.email import EmailActivities
 from activities.outbound import WebhookActivities
 from activities.segments import SegmentActivities
+from nudge.journeys.admin import SearchAttributesMissing, require_search_attributes
 from nudge.journeys.connection import connect
 from nudge.journeys.contracts import SegmentRefreshInput
 from nudge.journeys.routing import EventRouter
@@ -76,12 +79,32 @@ def build_worker(
     activities.append((webhooks or WebhookActivities(settings)).call_webhook)
     if segments is not None:
         activities.append(segments.refresh_time_based_segments)
+    if settings.worker_deployment and settings.worker_build_id:
+        options.setdefault("deployment_config", deployment_config(settings))
     return Worker(
         client,
         task_queue=settings.task_queue,
         workflows=[*flows, SegmentRefresh],
         activities=activities,
         **options,
+    )
+
+
+def deployment_config(settings: Settings) -> WorkerDeploymentConfig:
+    """Worker Versioning (README "Rolling out flow changes"): this worker is one version
+    (deployment name + build id) of the Worker Deployment; journeys without a behaviour of
+    their own follow NUDGE_WORKER_VERSIONING."""
+    assert settings.worker_deployment and settings.worker_build_id
+    behavior = {
+        "auto_upgrade": VersioningBehavior.AUTO_UPGRADE,
+        "pinned": VersioningBehavior.PINNED,
+    }[settings.worker_versioning]
+    return WorkerDeploymentConfig(
+        version=WorkerDeploymentVersion(
+            deployment_name=settings.worker_deployment, build_id=settings.worker_build_id
+        ),
+        use_worker_versioning=True,
+        default_versioning_behavior=behavior,
     )
 
 
@@ -106,6 +129,17 @@ async def ensure_segment_schedule(client: Client, settings: Settings) -> None:
             return ScheduleUpdate(schedule=schedule)
 
         await client.get_schedule_handle(SCHEDULE_ID).update(update)
+
+
+async def check_search_attributes(client: Client) -> None:
+    """Stop at start, naming them, if the namespace lacks Nudge's search attributes (every
+    journey would fail to start). Credentials that may not list them only get a warning."""
+    try:
+        await require_search_attributes(client)
+    except SearchAttributesMissing as err:
+        raise SystemExit(str(err)) from None
+    except RPCError as err:
+        logging.warning("could not check the namespace's search attributes: %s", err.message)
 
 
 def email_activities(settings: Settings, engine: AsyncEngine) -> EmailActivities:
@@ -135,6 +169,7 @@ async def main() -> None:
     settings = get_settings()
     settings.check_secrets()
     client = await connect(settings)
+    await check_search_attributes(client)
     engine = create_engine(settings.database_url)
     email = email_activities(settings, engine)
     await check_smtp(email.sender)
@@ -150,7 +185,10 @@ async def main() -> None:
         loop.add_signal_handler(sig, stop.set)
     async with build_worker(client, settings, email, segments=segments, webhooks=webhooks):
         logging.info(
-            "worker polling task queue %r at %s", settings.task_queue, settings.temporal_address
+            "worker polling task queue %r at %s, namespace %r",
+            settings.task_queue,
+            client.service_client.config.target_host,
+            client.namespace,
         )
         await stop.wait()
     await email.sender.close()

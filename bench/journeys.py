@@ -48,11 +48,12 @@ with workflow.unsafe.imports_passed_through():
     from sqlalchemy import func, select
     from temporalio.api.enums.v1 import EventType
     from temporalio.client import Client
-    from temporalio.contrib.pydantic import pydantic_data_converter
     from temporalio.worker import Worker
 
     import bench.harness as harness
+    from nudge.journeys.connection import connect
     from nudge.journeys.contracts import JourneyEvent, JourneyInput, SendEmailInput, SendEmailResult
+    from nudge.settings import Settings
 
 BARE_TYPE = "bench_bare_journey"
 NUDGE_FLOW = "cart_abandonment"
@@ -132,7 +133,7 @@ async def bare_worker(address: str, task_queue: str) -> int:
     # By module name: the sandbox cannot re-import classes defined in __main__.
     from bench.journeys import BareJourney, noop_send
 
-    client = await Client.connect(address, data_converter=pydantic_data_converter)
+    client = await connect(Settings(temporal_address=address))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -49,9 +49,10 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
     from nudge.dev.temporal_dev import extra_args, temporal_binary
+    from nudge.journeys.connection import connect
     from nudge.journeys.contracts import JourneyEvent, JourneyInput, workflow_id
     from nudge.journeys.search_attributes import start_search_attributes
-    from nudge.settings import ROOT
+    from nudge.settings import ROOT, Settings
     from nudge.storage.db import migrate
     from worker import MAX_CACHED_WORKFLOWS
 
@@ -537,7 +538,7 @@ async def bare_worker(address: str, task_queue: str) -> None:
     # module of its real name, the one the sandbox passes through.
     from bench.parked import Sleeper as BareSleeper
 
-    client = await Client.connect(address, data_converter=pydantic_data_converter)
+    client = await connect(Settings(temporal_address=address))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -157,6 +157,38 @@ class Settings(BaseSettings):
     )
     temporal_ui_url: str = "http://localhost:8233"
 
+    # Temporal beyond the dev server (nudge/journeys/connection.py, README "Production"): the
+    # SDK's client configuration (temporal.toml, TEMPORAL_PROFILE, TEMPORAL_ADDRESS,
+    # TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TEMPORAL_TLS*) is read first; NUDGE_TEMPORAL_ADDRESS,
+    # NUDGE_TEMPORAL_NAMESPACE and these override it where set.
+    temporal_profile: str | None = Field(default=None, description="A temporal.toml profile")
+    temporal_api_key: SecretStr | None = Field(default=None, description="Turns TLS on")
+    temporal_tls: bool | None = Field(default=None, description="Force TLS on or off")
+    temporal_tls_client_cert: Path | None = Field(default=None, description="mTLS: PEM file")
+    temporal_tls_client_key: Path | None = Field(default=None, description="mTLS: PEM file")
+    temporal_tls_server_ca: Path | None = Field(
+        default=None, description="PEM file: the CA of a cluster's own certificates"
+    )
+    temporal_tls_server_name: str | None = Field(default=None, description="TLS server name")
+    # Worker Versioning (README "Rolling out flow changes"): a Worker Deployment name turns it on;
+    # every worker of one release has the same build id.
+    worker_deployment: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.\-]{1,200}$")
+    worker_build_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.\-]{1,200}$")
+    worker_versioning: str = Field(
+        default="auto_upgrade",
+        pattern=r"^(auto_upgrade|pinned)$",
+        description="Journeys move to each new current version, or stay on the one they began on",
+    )
+
+    @model_validator(mode="after")
+    def _deployment(self) -> Settings:
+        if (self.worker_deployment is None) != (self.worker_build_id is None):
+            raise ValueError(
+                "NUDGE_WORKER_DEPLOYMENT and NUDGE_WORKER_BUILD_ID go together: "
+                "set both (Worker Versioning) or neither"
+            )
+        return self
+
     # Flow toolkit (README "Flows"): the store's timezone for contacts without one, quiet hours
     # in the contact's timezone ("" for none), smart sending's window, outbound webhooks.
     store_timezone: str = "UTC"

@@ -30,7 +30,7 @@ from activities.email import EmailActivities
 from api.app import create_app
 from ci_strict import pytest_make_collect_report, pytest_runtest_makereport
 from nudge.dev.mailcatcher import MailCatcher
-from nudge.dev.temporal_dev import SEARCH_ATTRIBUTES, temporal_binary
+from nudge.dev.temporal_dev import SEARCH_ATTRIBUTES, extra_args, temporal_binary
 from nudge.mail.smtp import SmtpSender
 from nudge.settings import Settings
 from nudge.storage.db import create_engine, migrate_async, session_maker
@@ -70,6 +70,18 @@ async def time_env() -> AsyncIterator[WorkflowEnvironment]:
                 name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for name in SEARCH_ATTRIBUTES
             },
         )
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The Temporal dev server, as `make run` runs it (search attributes included)."""
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(),
+        dev_server_extra_args=extra_args(),
+        data_converter=pydantic_data_converter,
     )
     yield env
     await env.shutdown()

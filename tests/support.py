@@ -25,12 +25,18 @@ from temporalio.worker import Replayer
 from activities.segments import SegmentActivities
 from nudge.contacts import directory
 from nudge.dev.mailcatcher import CaughtMessage, MailCatcher
-from nudge.journeys.contracts import JourneyState, SegmentRefreshInput, SegmentRefreshResult
+from nudge.journeys.contracts import (
+    JourneyState,
+    SegmentRefreshInput,
+    SegmentRefreshResult,
+    workflow_id,
+)
 from nudge.journeys.routing import EventRouter
 from nudge.keys import keyring
 from nudge.mail import tracking
 from nudge.segments import membership
 from nudge.settings import Settings
+from nudge.storage.installation import load_installation_id
 from nudge.storage.models import JourneyRecord, Message, MessageStatus, utcnow
 from workflows import FLOWS
 from workflows.journey import Journey
@@ -299,3 +305,8 @@ def run_nudge(argv: list[str], cwd: Path, **env: str) -> subprocess.CompletedPro
     return subprocess.run(
         argv, cwd=cwd, env=clean | UNREACHABLE | env, capture_output=True, text=True, timeout=120
     )
+
+
+async def journey_id(stack: Stack, flow: str, contact: int, key: str) -> str:
+    """The workflow id routing gives a new journey: with this database's installation id."""
+    return workflow_id(flow, contact, key, await load_installation_id(stack.sessions))

@@ -20,13 +20,12 @@ import httpx
 import pytest
 import pytest_asyncio
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
 from conftest import make_settings
 from nudge.dev.mailcatcher import CaughtMessage, MailCatcher
-from nudge.dev.temporal_dev import extra_args, temporal_binary
+from nudge.dev.temporal_dev import temporal_binary
 from nudge.journeys.contracts import JourneyInput, JourneyState, JourneyStatus
 from nudge.journeys.search_attributes import CONTACT, FLOW, STATUS, start_search_attributes
 from nudge.settings import Settings
@@ -35,17 +34,6 @@ from workflows import FLOWS
 
 ROOT = Path(__file__).resolve().parent.parent
 SCALE = 3600.0
-
-
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary(),
-        dev_server_extra_args=extra_args(),
-        data_converter=pydantic_data_converter,
-    )
-    yield env
-    await env.shutdown()
 
 
 @pytest.fixture

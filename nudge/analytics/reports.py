@@ -19,6 +19,7 @@ from nudge.mail import links
 from nudge.mail.context import JourneyEmail, email_context
 from nudge.mail.render import TemplateProblem, shared_renderer
 from nudge.settings import Settings
+from nudge.storage.installation import installation_id
 from nudge.storage.models import Cart, Contact, Segment
 
 
@@ -178,8 +179,12 @@ async def overview(
     )
 
 
-def journeys_url(settings: Settings, flow: str) -> str:
+def journeys_url(settings: Settings, flow: str, installation: str | None = None) -> str:
+    """This installation's running journeys of `flow` in the Temporal UI (journeys started
+    before installation ids carry no NudgeInstallation: `installation=None` finds them)."""
     query = f'NudgeFlow="{flow}" AND ExecutionStatus="Running"'
+    if installation:
+        query += f' AND NudgeInstallation="{installation}"'
     return (
         f"{settings.temporal_ui_url.rstrip('/')}/namespaces/"
         f"{quote(settings.temporal_namespace)}/workflows?query={quote(query)}"
@@ -239,7 +244,7 @@ async def flow_report(
         funnel=_funnel(total),
         steps=steps,
         series=series,
-        journeys_url=journeys_url(settings, flow),
+        journeys_url=journeys_url(settings, flow, await installation_id(session)),
         segments=await segments(session),
     )
 

@@ -22,6 +22,7 @@ SEARCH_ATTRIBUTES: dict[str, str] = {
     "NudgeContact": "Keyword",
     "NudgeStep": "Keyword",
     "NudgeStatus": "Keyword",
+    "NudgeInstallation": "Keyword",
 }
 
 # WAL with synchronous=normal keeps the dev server's SQLite file from becoming the bottleneck

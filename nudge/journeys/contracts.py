@@ -105,8 +105,13 @@ class SendEmailResult(BaseModel):
     error: str | None = None
 
 
-def workflow_id(flow: str, contact_id: int, key: str) -> str:
-    return f"{flow}-{contact_id}-{key}"
+def workflow_id(flow: str, contact_id: int, key: str, installation: str | None = None) -> str:
+    """A journey's id: `{installation}-{flow}-{contact id}-{key}`. Contact ids restart at 1 in a
+    fresh database, so the installation's id (nudge.storage.installation) keeps two Nudge
+    databases on one namespace apart. Without it, the format of journeys started before it
+    (still running under that id, which routing finds through the journeys table)."""
+    legacy = f"{flow}-{contact_id}-{key}"
+    return f"{installation}-{legacy}" if installation else legacy
 
 
 def message_id(workflow_id: str, trigger_event_id: str, step: str, domain: str) -> str:

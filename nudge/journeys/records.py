@@ -58,6 +58,27 @@ async def open_journeys(
     return list(result)
 
 
+async def any_open_without_prefix(session: AsyncSession, prefix: str) -> bool:
+    """Whether an open journey's id lacks `prefix` (one started before installation ids)."""
+    found = await session.scalar(
+        select(JourneyRecord.id)
+        .where(JourneyRecord.closed_at.is_(None), ~JourneyRecord.workflow_id.startswith(prefix))
+        .limit(1)
+    )
+    return found is not None
+
+
+async def open_journey(session: AsyncSession, workflow_id: str) -> JourneyRecord | None:
+    """The latest open run recorded under `workflow_id`, if any."""
+    result: JourneyRecord | None = await session.scalar(
+        select(JourneyRecord)
+        .where(JourneyRecord.workflow_id == workflow_id, JourneyRecord.closed_at.is_(None))
+        .order_by(JourneyRecord.started_at.desc(), JourneyRecord.id.desc())
+        .limit(1)
+    )
+    return result
+
+
 async def previous_journeys(
     session: AsyncSession, flow: str, contact_id: int
 ) -> list[tuple[str, datetime]]:

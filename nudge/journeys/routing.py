@@ -41,6 +41,7 @@ from nudge.journeys.search_attributes import start_search_attributes
 from nudge.mail import confirmation
 from nudge.segments import membership
 from nudge.settings import Settings
+from nudge.storage.installation import load_installation_id
 from nudge.storage.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,10 @@ class EventRouter:
     ) -> None:
         self.sessions, self.client, self.settings = sessions, client, settings
         self.flows = tuple(flows)
+        #: This installation's id (part of every new workflow id), read on first use.
+        self._installation: str | None = None
+        #: Whether journeys started before installation ids may still be open (read once).
+        self._legacy: bool | None = None
         #: Segment ids whose entries start journeys, and the flows each one starts.
         self.segment_flows: dict[str, list[type[Flow]]] = {}
         for flow in self.flows:
@@ -203,8 +208,11 @@ class EventRouter:
                 key = flow.journey_key(event)
                 if key is None:
                     continue
-                wid = workflow_id(flow.flow, contact_id, key)
-                if event.type in flow.triggers and flow.should_start(event):
+                wid = workflow_id(flow.flow, contact_id, key, await self.installation())
+                legacy = await self._feed_legacy(flow.flow, contact_id, key, signal)
+                if legacy is not None:
+                    touched.append(legacy)  # started before installation ids: keeps its id
+                elif event.type in flow.triggers and flow.should_start(event):
                     fed, record = await self._start(
                         flow, wid, contact_id, key, event.id, signal, event.occurred_at
                     )
@@ -274,7 +282,15 @@ class EventRouter:
                 segment_id=entry.segment_id,
             )
             for flow in self.segment_flows[entry.segment_id]:
-                wid = workflow_id(flow.flow, entry.contact_id, entry.segment_id)
+                wid = workflow_id(
+                    flow.flow, entry.contact_id, entry.segment_id, await self.installation()
+                )
+                legacy = await self._feed_legacy(
+                    flow.flow, entry.contact_id, entry.segment_id, signal
+                )
+                if legacy is not None:
+                    journeys.append(legacy)
+                    continue
                 fed, record = await self._start(
                     flow, wid, entry.contact_id, entry.segment_id, trigger, signal, entry.at
                 )
@@ -302,6 +318,9 @@ class EventRouter:
                 if flow.reentry.rule != "always"
                 else []
             )
+        # Ids from before installation ids compare as the same journey's under today's format.
+        installation = await self.installation()
+        previous = [(self._current_format(w, installation), then) for w, then in previous]
         if previous and not flow.reentry.allows(wid, at, previous):
             log.info("re-entry into %s refused for contact %s (%s)", flow.flow, contact_id, key)
             return any(w == wid for w, _ in previous) and await self._signal(
@@ -323,7 +342,7 @@ class EventRouter:
             task_queue=self.settings.task_queue,
             start_signal="event",
             start_signal_args=[signal],
-            search_attributes=start_search_attributes(flow.flow, contact_id),
+            search_attributes=start_search_attributes(flow.flow, contact_id, installation),
             static_summary=f"{flow.flow} · contact {contact_id} · {key}",
         )
         return True, {
@@ -333,6 +352,40 @@ class EventRouter:
             "contact_id": contact_id,
             "event_id": event_id,
         }
+
+    async def installation(self) -> str:
+        """This installation's id (nudge.storage.installation), read once."""
+        if self._installation is None:
+            self._installation = await load_installation_id(self.sessions)
+        return self._installation
+
+    @staticmethod
+    def _current_format(wid: str, installation: str) -> str:
+        return wid if wid.startswith(f"{installation}-") else f"{installation}-{wid}"
+
+    async def _feed_legacy(
+        self, flow: str, contact_id: int, key: str, signal: JourneyEvent
+    ) -> str | None:
+        """Signal this journey if it was started before installation ids and still runs (such
+        journeys keep their ids, and their Message-IDs with them); its id if it got the event.
+        No query at all in a database that had no such journey open when first asked."""
+        installation = await self.installation()
+        if self._legacy is None:
+            async with self.sessions() as session:
+                self._legacy = await records.any_open_without_prefix(session, f"{installation}-")
+        if not self._legacy:
+            return None
+        legacy = workflow_id(flow, contact_id, key)
+        async with self.sessions() as session:
+            found = await records.open_journey(session, legacy)
+        if found is None:
+            return None
+        # The latest run (a journey may have continued as new since its row was written).
+        if await self._signal(legacy, None, signal):
+            return legacy
+        async with self.sessions.begin() as session:
+            await records.close_journey(session, found.id)
+        return None
 
     @staticmethod
     async def _record(session: AsyncSession, started: Sequence[dict[str, Any]]) -> None:

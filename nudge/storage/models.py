@@ -501,3 +501,15 @@ class DashboardSession(Base):
     digest: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class Installation(Base):
+    """This Nudge installation's id (one row, made once): part of every journey's workflow id,
+    Message-ID and Temporal search, so two installations sharing a namespace (staging and
+    production, two stores, or a database reset against a kept Temporal) never collide."""
+
+    __tablename__ = "installation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    installation_id: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -21,7 +21,7 @@ from nudge.dev.mailcatcher import MailCatcher
 from nudge.events import schemas as ev
 from nudge.journeys.contracts import JourneyInput, JourneyState
 from nudge.storage.models import ConsentRecord, Contact
-from support import Stack, cart_event, forged, new_email, new_id
+from support import Stack, cart_event, forged, journey_id, new_email, new_id
 from workflows.journey import Journey
 
 
@@ -170,7 +170,7 @@ async def test_flows_see_the_subscription_only_once_confirmed(welcome_stack: Sta
     path = "/" + url.split("/", 3)[3]
     assert (await stack.http.post(path)).status_code == 200
     contact, _ = await contact_of(stack, email)
-    state = await stack.finish(f"test_welcome-{contact.id}-{key}")
+    state = await stack.finish(await journey_id(stack, "test_welcome", contact.id, key))
     assert [e.status for e in state.emails] == ["sent"]
     assert len(stack.mail_to(email)) == 2
     # A second click starts nothing more.

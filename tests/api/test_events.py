@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
-from nudge.journeys.contracts import JourneyStatus, workflow_id
+from nudge.journeys.contracts import JourneyStatus
 from nudge.storage.models import Cart, Contact, JourneyRecord, Order, StoreEvent
-from support import Stack, cart_event, new_email, new_id, order_event
+from support import Stack, cart_event, journey_id, new_email, new_id, order_event
 
 AUTH = {"Authorization": "Bearer test-key"}
 
@@ -118,7 +118,7 @@ async def test_contract_events_are_accepted_stored_and_convert_the_journey(stack
         "Europe/Lisbon",
         "implied",
     )
-    wid = workflow_id("cart_abandonment", contact.id, token)
+    wid = await journey_id(stack, "cart_abandonment", contact.id, token)
     assert response.json() == {
         "accepted": 1,
         "duplicates": 0,
@@ -273,8 +273,8 @@ async def test_batch_gets_per_event_results_in_order(stack: Stack) -> None:
     ]
     ana_contact, bea_contact = await contact_of(stack, ana), await contact_of(stack, bea)
     assert ana_contact is not None and bea_contact is not None
-    ana_wid = workflow_id("cart_abandonment", ana_contact.id, ana_cart)
-    bea_wid = workflow_id("cart_abandonment", bea_contact.id, bea_cart)
+    ana_wid = await journey_id(stack, "cart_abandonment", ana_contact.id, ana_cart)
+    bea_wid = await journey_id(stack, "cart_abandonment", bea_contact.id, bea_cart)
     assert [r["journeys"] for r in body["results"]] == [[ana_wid], [bea_wid], [ana_wid], []]
     for event in (first, second, third):
         assert await event_of(stack, event["id"]) is not None
@@ -472,7 +472,11 @@ async def test_journeys_of_a_contact_with_a_cart(stack: Stack) -> None:
     body = response.json()
     assert body["contact_id"] == contact.id
     [journey] = body["journeys"]
-    assert journey["workflow_id"] == wid == workflow_id("cart_abandonment", contact.id, token)
+    assert (
+        journey["workflow_id"]
+        == wid
+        == await journey_id(stack, "cart_abandonment", contact.id, token)
+    )
     assert (journey["flow"], journey["status"], journey["closed_at"]) == (
         "cart_abandonment",
         "running",

@@ -64,7 +64,7 @@ async def test_a_tier_change_starts_the_flow_that_triggers_on_it(tier_stack: Sta
     lifting = big_order(email, "600.00")  # lifetime 700: silver by the default tiers
     response = await stack.post(lifting)
     [wid] = response.json()["results"][0]["journeys"]
-    assert wid.startswith("test_tier_up-") and wid.endswith("-silver")
+    assert "-test_tier_up-" in wid and wid.endswith("-silver")
 
     again = await stack.post(lifting)
     assert again.json()["results"][0]["status"] == "duplicate"

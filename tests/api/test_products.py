@@ -21,7 +21,7 @@ from nudge.dev.mailcatcher import MailCatcher
 from nudge.events import schemas as ev
 from nudge.journeys.contracts import JourneyInput, JourneyState
 from nudge.storage.models import Product, StoreEvent
-from support import Stack, new_email, new_id, order_event
+from support import Stack, journey_id, new_email, new_id, order_event
 from workflows.journey import Journey
 
 
@@ -168,7 +168,9 @@ async def test_restock_tells_who_asked_or_viewed_lately_and_has_not_bought_it(
     assert (body["back_in_stock"], body["price_dropped"]) == (2, 0)
     ids = sorted([await contact_id(stack, asked), await contact_id(stack, viewed)])
     # Sorted as text on both sides: contact ids 99 and 100 sort the other way as numbers.
-    assert sorted(body["journeys"]) == sorted(f"test_restock_watch-{c}-{pid}" for c in ids)
+    assert sorted(body["journeys"]) == sorted(
+        [await journey_id(stack, "test_restock_watch", c, pid) for c in ids]
+    )
 
     rows = await derived(stack, pid)
     assert [(r.type, r.contact_id) for r in rows] == [("back_in_stock", c) for c in ids]
@@ -212,7 +214,9 @@ async def test_price_drop_tells_recent_viewers_with_old_and_new_price(
     response = await post_products(stack, product(pid, price="39.00"))
     body = response.json()
     assert (body["back_in_stock"], body["price_dropped"]) == (0, 1)
-    assert body["journeys"] == [f"test_price_watch-{await contact_id(stack, viewer)}-{pid}"]
+    assert body["journeys"] == [
+        await journey_id(stack, "test_price_watch", await contact_id(stack, viewer), pid)
+    ]
     [row] = await derived(stack, pid)
     event = ev.stored_event_adapter.validate_python(row.payload)
     assert isinstance(event, ev.PriceDropped)
@@ -252,8 +256,8 @@ async def test_an_interrupted_post_is_routed_by_its_retry_and_raises_nothing_twi
     assert (body["back_in_stock"], body["price_dropped"]) == (1, 1)
     cid = await contact_id(stack, email)
     assert sorted(body["journeys"]) == [
-        f"test_price_watch-{cid}-{pid}",
-        f"test_restock_watch-{cid}-{pid}",
+        await journey_id(stack, "test_price_watch", cid, pid),
+        await journey_id(stack, "test_restock_watch", cid, pid),
     ]
     assert all(r.routed_at is not None for r in await derived(stack, pid))
 

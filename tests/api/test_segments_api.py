@@ -18,7 +18,7 @@ from conftest import open_stack
 from nudge.dev.mailcatcher import MailCatcher
 from nudge.journeys.contracts import JourneyInput, JourneyState, JourneyStatus
 from nudge.storage.models import JourneyRecord, SegmentChange, utcnow
-from support import Stack, new_email, new_id, order_event
+from support import Stack, journey_id, new_email, new_id, order_event
 from workflows.journey import Journey
 
 AUTH = {"Authorization": "Bearer test-key"}
@@ -260,7 +260,7 @@ async def test_entering_a_segment_starts_the_flow_that_it_triggers(vip_stack: St
     contact_id = (await stack.http.get(f"/v1/contacts/{email}/segments", headers=AUTH)).json()[
         "contact_id"
     ]
-    assert wid == f"test_vip_welcome-{contact_id}-vip"
+    assert wid == await journey_id(stack, "test_vip_welcome", contact_id, "vip")
 
     async with stack.sessions() as session:
         change = await session.scalar(
@@ -300,7 +300,9 @@ async def test_an_entry_left_unrouted_by_a_crash_is_routed_by_the_next_event(
             SegmentChange(segment_id="vip", contact_id=contact_id, change="entered", at=utcnow())
         )
     response = await stack.post(tagged_event(email, "any"))
-    assert response.json()["results"][0]["journeys"] == [f"test_vip_welcome-{contact_id}-vip"]
+    assert response.json()["results"][0]["journeys"] == [
+        await journey_id(stack, "test_vip_welcome", contact_id, "vip")
+    ]
     async with stack.sessions() as session:
         pending = await session.scalar(
             select(SegmentChange).where(

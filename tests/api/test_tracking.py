@@ -25,6 +25,7 @@ from nudge.keys import keyring
 from nudge.mail import tracking
 from nudge.mail.render import RenderedEmail
 from nudge.settings import Settings
+from nudge.storage.installation import load_installation_id
 from nudge.storage.models import (
     Contact,
     ContactTag,
@@ -282,6 +283,9 @@ async def test_opens_clicks_orders_and_every_figure(tracked: Stack) -> None:
         "49.00",
     )
     assert "NudgeFlow%3D%22test_tracked_cart%22" in body["journeys_url"]
+    # Only this installation's journeys (a namespace may hold another database's).
+    installation = await load_installation_id(stack.sessions)
+    assert f"NudgeInstallation%3D%22{installation}%22" in body["journeys_url"]
     assert body["journeys_url"].startswith("http://localhost:8233/namespaces/default/workflows?")
 
     # Per segment: A and B only.

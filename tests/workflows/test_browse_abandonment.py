@@ -48,7 +48,7 @@ async def view(stack: Stack, email: str, item: dict[str, Any], **kwargs: Any) ->
 
 async def start_browse(stack: Stack, email: str, item: dict[str, Any], **kwargs: Any) -> str:
     [wid] = await view(stack, email, item, **kwargs)
-    assert wid.startswith("browse_abandonment-") and wid.endswith(f"-{item['id']}")
+    assert "-browse_abandonment-" in wid and wid.endswith(f"-{item['id']}")
     return wid
 
 

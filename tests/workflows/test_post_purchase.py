@@ -101,7 +101,7 @@ async def post(stack: Stack, event: dict[str, Any]) -> list[str]:
     """Post one event; the post-purchase journeys it started or signalled."""
     response = await stack.post(event)
     assert response.status_code == 202, response.text
-    return [j for j in response.json()["results"][0]["journeys"] if j.startswith("post_purchase-")]
+    return [j for j in response.json()["results"][0]["journeys"] if "-post_purchase-" in j]
 
 
 async def start(stack: Stack, email: str, order_id: str, **kwargs: Any) -> str:

@@ -36,6 +36,7 @@ from nudge.journeys.contracts import (
     SegmentCounts,
     SegmentRefreshInput,
     SegmentRefreshResult,
+    workflow_id,
 )
 from nudge.journeys.routing import EventRouter
 from nudge.mail.smtp import SmtpSender
@@ -43,6 +44,7 @@ from nudge.segments import catalogue, membership
 from nudge.segments.definition import parse
 from nudge.settings import Settings
 from nudge.storage.db import create_engine, session_maker
+from nudge.storage.installation import load_installation_id
 from nudge.storage.models import Order, utcnow
 from worker import build_worker, ensure_segment_schedule
 from workflows.journey import Journey
@@ -136,8 +138,10 @@ async def test_a_contact_lapses_without_an_event_and_its_flow_starts(
                 }
                 assert await membership.pending_entries(session, {SEGMENT}) == []
 
+            installation = await load_installation_id(sessions)
             handle = temporal.get_workflow_handle(
-                f"test_win_back-{contact_id}-{SEGMENT}", result_type=JourneyState
+                workflow_id("test_win_back", contact_id, SEGMENT, installation),
+                result_type=JourneyState,
             )
             async with time_env.time_skipping_unlocked():  # type: ignore[attr-defined]
                 state = await handle.result()

@@ -24,6 +24,7 @@ from support import (
     cart_event,
     contact_id,
     dst_shift,
+    journey_id,
     journeys,
     new_email,
     new_id,
@@ -73,7 +74,7 @@ async def hourly_refresh(stack: Stack, cid: int) -> str:
     """The hourly refresh puts the contact in `unengaged_180`, which starts their sunset."""
     result = await refresh_segments(stack, STACK_FLOWS, utcnow())
     assert result.segments["unengaged_180"].entered >= 1
-    wid = f"sunset-{cid}-unengaged_180"
+    wid = await journey_id(stack, "sunset", cid, "unengaged_180")
     assert [j.workflow_id for j in await journeys(stack, "sunset", cid)] == [wid]
     return wid
 

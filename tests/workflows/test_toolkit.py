@@ -120,7 +120,7 @@ async def start(stack: Stack, body: dict[str, object]) -> list[str]:
 
 
 def only(journeys: list[str], flow: str) -> str:
-    [wid] = [j for j in journeys if j.startswith(f"{flow}-")]
+    [wid] = [j for j in journeys if f"-{flow}-" in j]
     return wid
 
 
@@ -230,13 +230,14 @@ async def test_reentry_rules(toolkit: Stack) -> None:
     await toolkit.finish(only(first, "toolkit_wait_for"))
 
     # Another cart six days later: `once` and `every(days=7)` refuse, `per_key` starts.
+    # (Journey ids are `{installation}-{flow}-{contact}-{key}`.)
     later = await start(
         toolkit, cart_event(email, new_id("cart"), occurred_at="2026-11-07T10:00:00Z")
     )
-    assert [j.split("-")[0] for j in later] == ["toolkit_local_time", "toolkit_wait_for"]
+    assert [j.split("-")[1] for j in later] == ["toolkit_local_time", "toolkit_wait_for"]
     # The same cart again after its journey ended: `per_key` refuses it too.
     again = await start(toolkit, cart_event(email, token, occurred_at="2026-11-07T11:00:00Z"))
-    assert "toolkit_wait_for" not in {j.split("-")[0] for j in again}
+    assert "toolkit_wait_for" not in {j.split("-")[1] for j in again}
     # A week after the first: `every(days=7)` lets the contact in again.
     week = await start(
         toolkit, cart_event(email, new_id("cart"), occurred_at="2026-11-08T10:00:00Z")

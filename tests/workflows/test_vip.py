@@ -24,6 +24,7 @@ from support import (
     cart_event,
     contact_id,
     dst_shift,
+    journey_id,
     journeys,
     new_email,
     new_id,
@@ -68,7 +69,10 @@ async def test_a_third_order_makes_a_vip_who_gets_thanks_early_access_and_points
     await post(stack, order(email))  # two: it converts
     [vip] = await post(stack, order(email))  # three: a VIP
     cid = await contact_id(stack, email)
-    assert (first, vip) == (f"vip-{cid}-one_time_buyers", f"vip-{cid}-vip")
+    assert (first, vip) == (
+        await journey_id(stack, "vip", cid, "one_time_buyers"),
+        await journey_id(stack, "vip", cid, "vip"),
+    )
     second_purchase = await stack.finish(first)
     assert (second_purchase.status, second_purchase.emails) == (JourneyStatus.CONVERTED, [])
 
@@ -164,17 +168,19 @@ async def test_one_big_first_order_makes_a_vip_who_gets_no_second_purchase_nudge
     email = new_email()
     started = await post(stack, order(email, total="600.00"))  # over the VIP spend
     cid = await contact_id(stack, email)
-    assert sorted(started) == [f"vip-{cid}-one_time_buyers", f"vip-{cid}-vip"]
-    nudge = await stack.finish(f"vip-{cid}-one_time_buyers")
+    nudge_id = await journey_id(stack, "vip", cid, "one_time_buyers")
+    thanks_id = await journey_id(stack, "vip", cid, "vip")
+    assert sorted(started) == [nudge_id, thanks_id]
+    nudge = await stack.finish(nudge_id)
     assert (nudge.status, nudge.exit_reason, nudge.emails) == (JourneyStatus.COMPLETED, "vip", [])
-    thanks = await stack.finish(f"vip-{cid}-vip")
+    thanks = await stack.finish(thanks_id)
     assert [e.step for e in thanks.emails] == VIP_STEPS
 
 
 async def test_unsubscribing_ends_it(stack: Stack, time_env: WorkflowEnvironment) -> None:
     email = new_email()
     await post(stack, order(email, total="600.00"))
-    wid = f"vip-{await contact_id(stack, email)}-vip"
+    wid = await journey_id(stack, "vip", await contact_id(stack, email), "vip")
     await time_env.sleep(timedelta(days=1))
     assert wid in await post(stack, unsubscribe_event(email))
     state = await stack.finish(wid)
@@ -192,7 +198,9 @@ async def test_a_recent_marketing_email_skips_the_thank_you_and_the_rest_goes_on
     assert [m.message["X-Nudge-Step"] for m in stack.mail_to(email)] == ["cart_1"]
 
     await post(stack, order(email, total="600.00"))
-    state = await stack.finish(f"vip-{await contact_id(stack, email)}-vip")
+    state = await stack.finish(
+        await journey_id(stack, "vip", await contact_id(stack, email), "vip")
+    )
 
     assert [(e.step, e.status, e.reason) for e in state.emails] == [
         ("vip_1", "skipped", "smart_sending"),
@@ -218,7 +226,9 @@ async def test_quiet_hours_hold_the_thank_you_until_they_end(
     ) as quiet:
         email = new_email()
         await post(quiet, order(email, total="600.00"))  # a VIP inside the window
-        state = await quiet.finish(f"vip-{await contact_id(quiet, email)}-vip")
+        state = await quiet.finish(
+            await journey_id(quiet, "vip", await contact_id(quiet, email), "vip")
+        )
 
     assert state.started_at is not None
     assert [(e.step, e.status) for e in state.emails] == [(s, "sent") for s in VIP_STEPS]

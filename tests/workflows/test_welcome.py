@@ -54,7 +54,7 @@ def subscribed(email: str, *, occurred_at: str = "2026-11-23T10:00:00Z") -> dict
 async def subscribe(stack: Stack, email: str, **kwargs: Any) -> str:
     response = await stack.post(subscribed(email, **kwargs))
     assert response.status_code == 202, response.text
-    [wid] = [j for j in response.json()["results"][0]["journeys"] if j.startswith("welcome-")]
+    [wid] = [j for j in response.json()["results"][0]["journeys"] if "-welcome-" in j]
     return str(wid)
 
 

@@ -24,6 +24,7 @@ from support import (
     days_ago,
     dst_shift,
     iso,
+    journey_id,
     journeys,
     new_email,
     new_id,
@@ -59,7 +60,7 @@ async def lapsed(stack: Stack, email: str, *, days: float = 31) -> tuple[int, st
     body["contact"] |= {"first_name": "Ana", "timezone": "Europe/Lisbon"}
     await post(stack, body)
     cid = await contact_id(stack, email)
-    return cid, f"winback-{cid}-lapsed_30"
+    return cid, await journey_id(stack, "winback", cid, "lapsed_30")
 
 
 async def test_a_lapsed_customer_climbs_the_ladder_from_the_hourly_refresh(stack: Stack) -> None:
@@ -71,7 +72,7 @@ async def test_a_lapsed_customer_climbs_the_ladder_from_the_hourly_refresh(stack
     # Two days later the hourly refresh finds the contact lapsed, with no event about them.
     result = await refresh_segments(stack, STACK_FLOWS, utcnow() + timedelta(days=2))
     assert result.segments["lapsed_30"].entered >= 1 and result.journeys_started >= 1
-    wid = f"winback-{cid}-lapsed_30"
+    wid = await journey_id(stack, "winback", cid, "lapsed_30")
     [row] = await journeys(stack, "winback", cid)
     assert row.workflow_id == wid
 
