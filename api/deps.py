@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
-from api.errors import Invalid, Unauthorized, invalid_from
+from api.errors import Unauthorized, invalid_from, invalid_json
 from nudge.events import jsonbody
 from nudge.journeys.routing import EventRouter, Flow
 from nudge.settings import Settings
@@ -88,7 +88,7 @@ def json_body(model: type[Model]) -> Callable[[Request], Awaitable[Model]]:
         try:
             data = jsonbody.loads(await request.body())
         except ValueError as err:
-            raise Invalid(f"the body is not valid JSON: {err}", fields=[]) from None
+            raise invalid_json(err) from None
         try:
             return model.model_validate(data)
         except ValidationError as err:

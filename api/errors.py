@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from nudge.events import jsonbody
+
 
 class NudgeError(Exception):
     status_code = 400
@@ -100,6 +102,15 @@ def invalid_from(err: ValidationError | RequestValidationError, *, tagged: bool 
         fields.append({"field": name, "message": message})
     summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:5])
     return Invalid(f"invalid input: {summary}", fields=fields)
+
+
+def invalid_json(err: ValueError) -> Invalid:
+    """A body `nudge.events.jsonbody` refused: not JSON, nested too deep, or text with NUL in
+    it (then the field is named, as a validation error would)."""
+    fields = (
+        [{"field": err.field, "message": str(err)}] if isinstance(err, jsonbody.NulInText) else []
+    )
+    return Invalid(f"the body is not valid JSON: {err}", fields=fields)
 
 
 def install(app: FastAPI) -> None:

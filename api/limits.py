@@ -3,6 +3,8 @@
 - Request bodies: a body over `NUDGE_MAX_BODY_BYTES` (1 MiB; `NUDGE_MAX_BATCH_BODY_BYTES`,
   16 MiB, on the batch routes in `BATCH_ROUTES`) is a 413: refused from its `Content-Length`
   before a byte is read, or as soon as a chunked body goes over, never read in full.
+- The NUL character: never in a URL (PostgreSQL cannot store or compare it in text; a 422), nor
+  in a JSON body's text (nudge.events.jsonbody names the field).
 - Nesting: JSON bodies are parsed by nudge.events.jsonbody (bounded depth); anything else that
   still recurses too deep on input is a 422, never a 500.
 """
@@ -45,6 +47,10 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        query = scope.get("query_string", b"").lower()
+        if "\x00" in scope["path"] or b"%00" in query or b"\x00" in query:
+            await _refuse(send, "the URL may not contain the NUL character (%00)", status=422)
+            return
         limit = limit_for(self.settings, scope["path"])
         message = f"the request body is larger than {limit} bytes"
         declared = dict(scope.get("headers") or []).get(b"content-length")
@@ -69,12 +75,13 @@ class BodyLimit:
         await self.app(scope, bounded, send)
 
 
-async def _refuse(send: Send, message: str) -> None:
-    body = json.dumps({"error": {"code": TooLarge.code, "message": message}}).encode()
+async def _refuse(send: Send, message: str, *, status: int = TooLarge.status_code) -> None:
+    code = TooLarge.code if status == TooLarge.status_code else "invalid"
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
 from api.deps import RoutingDep, SessionsDep, SettingsDep
-from api.errors import Invalid, invalid_from
+from api.errors import Invalid, invalid_from, invalid_json
 from nudge.events import jsonbody
 from nudge.events import schemas as ev
 from nudge.journeys.routing import IngestResult
@@ -61,6 +61,6 @@ async def post_events(
     try:
         body = jsonbody.loads(await request.body())
     except ValueError as err:
-        raise Invalid(f"the body is not valid JSON: {err}", fields=[]) from None
+        raise invalid_json(err) from None
     batch = parse_events(body)
     return await routing.ingest(batch)

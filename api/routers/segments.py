@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import SessionDep, SessionsDep
-from api.errors import Conflict, Invalid, NotFound
+from api.errors import Conflict, Invalid, NotFound, invalid_json
 from nudge.contacts import directory
 from nudge.events import jsonbody
 from nudge.segments import catalogue
@@ -91,7 +91,7 @@ async def _body(request: Request, model: type[Model]) -> Model:
     try:
         body = jsonbody.loads(await request.body())
     except ValueError as err:
-        raise Invalid(f"the body is not valid JSON: {err}", fields=[]) from None
+        raise invalid_json(err) from None
     try:
         return model.model_validate(body)
     except ValidationError as err:

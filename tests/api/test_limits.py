@@ -12,6 +12,7 @@ import pytest
 
 from nudge.mail import feedback
 from nudge.settings import Settings
+from nudge.storage.models import Product
 from support import Stack
 from webhook_support import TOPIC, ses_bounce, sns_server
 
@@ -77,6 +78,26 @@ async def test_deep_nesting_is_a_422_not_a_500(stack: Stack) -> None:
     event["properties"] = nested
     response = await stack.http.post("/v1/events", content=json.dumps(event), headers=API)
     assert response.status_code == 422, response.text
+
+
+async def test_the_nul_character_is_a_422_naming_the_field_never_a_500(stack: Stack) -> None:
+    """PostgreSQL cannot store NUL in text: found by the fuzzer as a 500 on `/v1/products`."""
+    products = {"products": [{"id": "p1", "title": "Linen\x00shirt"}]}
+    response = await stack.http.post("/v1/products", json=products, headers=API)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["fields"] == [
+        {"field": "products.0.title", "message": response.json()["error"]["fields"][0]["message"]}
+    ]
+    assert "NUL" in response.json()["error"]["message"]
+    event = {"id": "e\x00", "type": "customer_subscribed", "contact": {"email": "a@b.c"}}
+    response = await stack.http.post("/v1/events", json=event, headers=API)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["fields"][0]["field"] == "id"
+    for path in ("/v1/contacts/a%00@b.c/journeys", "/v1/segments?after=%00", "/u/x%00y"):
+        response = await stack.http.get(path, headers=API)
+        assert response.status_code == 422, (path, response.text)
+    async with stack.sessions() as session:  # nothing was stored
+        assert await session.get(Product, "p1") is None
 
 
 async def test_forged_sns_messages_cannot_make_nudge_fetch_without_bound(
