@@ -20,10 +20,12 @@ from nudge.mailcatcher import MailCatcher
 from support import (
     Stack,
     cart_event,
+    dst_shift,
     new_email,
     new_id,
     order_event,
     quiet_window,
+    quiet_window_end,
     record_history,
     untracked,
 )
@@ -192,7 +194,14 @@ async def test_quiet_hours_hold_the_first_email_until_they_end(
     assert state.started_at is not None
     first = state.emails[0]
     assert (first.step, first.status) == ("browse_1", "sent")
-    assert timedelta(hours=6) <= first.at - state.started_at < timedelta(hours=6, minutes=3)
+    end = quiet_window_end(
+        now, "Europe/Lisbon", starts_in=timedelta(hours=3), lasts=timedelta(hours=3)
+    )
+    assert end <= first.at < end + timedelta(minutes=3)
+    # Held well past its due time (a clock change in the window moves its end in UTC).
+    assert first.at - state.started_at > timedelta(hours=5, minutes=50) + dst_shift(
+        state.started_at, end
+    )
     assert f"{first.at.astimezone(ZoneInfo('Europe/Lisbon')):%H:%M}" == window.split("-")[1]
 
 

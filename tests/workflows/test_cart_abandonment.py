@@ -14,7 +14,17 @@ from conftest import open_stack
 from nudge.journeys import JourneyState, JourneyStatus
 from nudge.mailcatcher import MailCatcher
 from nudge.models import Coupon
-from support import Stack, cart_event, new_email, new_id, order_event, quiet_window, untracked
+from support import (
+    Stack,
+    cart_event,
+    dst_shift,
+    new_email,
+    new_id,
+    order_event,
+    quiet_window,
+    quiet_window_end,
+    untracked,
+)
 
 
 async def start_cart(stack: Stack, email: str, token: str) -> str:
@@ -233,7 +243,14 @@ async def test_quiet_hours_hold_the_first_email_until_morning(
 
     assert state.started_at is not None
     first = state.emails[0]
-    # Due at 2 h, inside the window (1 h to 6 h): held to its end, then sent.
+    # Due at 2 h, inside the window (1 h to 6 h from `now`): held to its end, then sent.
     assert first.status == "sent"
-    assert timedelta(hours=6) <= first.at - state.started_at < timedelta(hours=6, minutes=3)
+    end = quiet_window_end(
+        now, "Europe/Lisbon", starts_in=timedelta(hours=1), lasts=timedelta(hours=5)
+    )
+    assert end <= first.at < end + timedelta(minutes=3)
+    # Held well past its due time (a clock change in the window moves its end in UTC).
+    assert first.at - state.started_at > timedelta(hours=5, minutes=50) + dst_shift(
+        state.started_at, end
+    )
     assert f"{first.at.astimezone(ZoneInfo('Europe/Lisbon')):%H:%M}" == window.split("-")[1]
