@@ -70,6 +70,16 @@ def quiet_window(now: datetime, timezone: str, *, starts_in: timedelta, lasts: t
     return f"{start:%H:%M}-{end:%H:%M}"
 
 
+def quiet_window_end(
+    now: datetime, timezone: str, *, starts_in: timedelta, lasts: timedelta
+) -> datetime:
+    """When the window of `quiet_window(now, timezone, ...)` ends, as a moment: a test checks a
+    held send against it, not against its journey's start, which comes a little after `now`
+    (at 18:30:59 a window "19:30-00:31" ends 5 h 59 min after a journey started at 18:31)."""
+    local = now.astimezone(ZoneInfo(timezone))
+    return (local + starts_in + lasts + timedelta(minutes=1)).replace(second=0, microsecond=0)
+
+
 def forged(mac: str) -> str:
     """A signature that differs from `mac` in its last two characters (never `mac` itself)."""
     return mac[:-2] + ("AA" if mac[-2:] != "AA" else "BB")

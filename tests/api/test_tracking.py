@@ -220,6 +220,19 @@ async def test_opens_clicks_orders_and_every_figure(tracked: Stack) -> None:
         (str(c3.message_id), "unsubscribe", False),
     ]
 
+    # The six were sent over a few minutes of the wall clock (some moved back by the test): a run
+    # at 23:59 UTC splits them across two days of sending. As sent at the first one's moment,
+    # they make one day whatever the hour; every open, click and order comes after it.
+    six = [*mids.values(), str(c2.message_id), str(c3.message_id)]
+    async with stack.sessions.begin() as session:
+        first_sent = await session.scalar(
+            select(func.min(Message.sent_at)).where(Message.message_id.in_(six))
+        )
+        assert first_sent is not None
+        await session.execute(
+            update(Message).where(Message.message_id.in_(six)).values(sent_at=first_sent)
+        )
+
     body = await report(stack, TrackedCart.flow)
     # Sent 6: cart_1 to A, B, C, D and cart_2, cart_3 to C. One bounce: 5 delivered. Human opens
     # A and B; human click A; A's 49.00 order is the one conversion (B's is outside the
@@ -276,7 +289,8 @@ async def test_opens_clicks_orders_and_every_figure(tracked: Stack) -> None:
     assert (step_3["unsubscribes"], step_3["click_rate"]) == (1, 0.0)
     assert all(s["variants"] == [] and s["ab"] is None for s in steps.values())
     [day] = body["series"]
-    assert (day["sent"], day["open_rate"], day["click_rate"], day["revenue"]) == (
+    assert (day["day"], day["sent"], day["open_rate"], day["click_rate"], day["revenue"]) == (
+        first_sent.date().isoformat(),
         6,
         0.4,
         0.2,

@@ -19,7 +19,15 @@ with workflow.unsafe.imports_passed_through():
     from nudge.dev.mailcatcher import MailCatcher
     from nudge.events.schemas import StoreEventIn, cart_of
     from nudge.journeys.contracts import JourneyInput, JourneyState, JourneyStatus
-    from support import Stack, cart_event, dst_shift, new_email, new_id, quiet_window
+    from support import (
+        Stack,
+        cart_event,
+        dst_shift,
+        new_email,
+        new_id,
+        quiet_window,
+        quiet_window_end,
+    )
 
 from workflows.journey import Journey, Reentry, choose
 
@@ -152,13 +160,17 @@ async def test_quiet_hours_hold_a_send_until_the_window_ends(
 
     [email] = state.emails
     assert state.started_at is not None and email.status == "sent"
-    # Due at 2 h, inside the window (1 h to 4 h): held, then sent as it ends, not dropped.
-    held = email.at - state.started_at
-    # A window that spans a daylight-saving change is an hour longer (autumn) or shorter.
-    shift = dst_shift(state.started_at, email.at)
-    assert timedelta(hours=4) + shift <= held < timedelta(hours=4, minutes=3) + shift, held
-    end = window.split("-")[1]
-    assert f"{email.at.astimezone(LISBON):%H:%M}" == end
+    # Due at 2 h, inside the window (1 h to 4 h from `now`): held, then sent as it ends, not
+    # dropped.
+    end = quiet_window_end(
+        now, "Europe/Lisbon", starts_in=timedelta(hours=1), lasts=timedelta(hours=3)
+    )
+    assert end <= email.at < end + timedelta(minutes=3), (end, email.at)
+    # Held well past its due time (a clock change in the window moves its end in UTC).
+    assert email.at - state.started_at > timedelta(hours=3, minutes=50) + dst_shift(
+        state.started_at, end
+    )
+    assert f"{email.at.astimezone(LISBON):%H:%M}" == window.split("-")[1]
 
 
 async def test_smart_sending_skips_a_second_marketing_email_within_16_hours(
