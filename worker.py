@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +42,7 @@ from nudge.journeys.admin import SearchAttributesMissing, require_search_attribu
 from nudge.journeys.connection import connect
 from nudge.journeys.contracts import SegmentRefreshInput
 from nudge.journeys.routing import EventRouter
+from nudge.mail.health import stored_status
 from nudge.mail.smtp import SmtpSender, sender_from_settings
 from nudge.mail.transport import SenderFault
 from nudge.segments import catalogue
@@ -143,12 +146,18 @@ async def check_search_attributes(client: Client) -> None:
 
 
 def email_activities(settings: Settings, engine: AsyncEngine) -> EmailActivities:
-    return EmailActivities(session_maker(engine), sender_from_settings(settings), settings)
+    """The send activity, on a sender that records its faults for `/healthz` (one row per task
+    queue, nudge/mail/health.py), named as Temporal names this worker (pid@host)."""
+    sessions = session_maker(engine)
+    identity = f"{os.getpid()}@{socket.gethostname()}"
+    on_status = stored_status(sessions, settings.task_queue, identity)
+    return EmailActivities(sessions, sender_from_settings(settings, on_status), settings)
 
 
 async def check_smtp(sender: SmtpSender) -> None:
     """Say at start where mail goes and whether the server takes the login. A sender fault is
-    logged once by the sender (and again only when it changes); sends retry until it is fixed."""
+    logged once by the sender (and again only when it changes), and recorded for `/healthz`
+    (as is a login that works, clearing it); sends retry until it is fixed."""
     how = sender.submission
     where = f"{sender.host}:{sender.port} ({how.security}"
     where += f", as {how.username})" if how.username else ", no login)"

@@ -36,7 +36,13 @@ from aiosmtplib.email import extract_recipients, extract_sender
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 
 from nudge.mail.render import RenderedEmail
-from nudge.mail.transport import RateLimiter, SenderFault, sender_fault, tls_context
+from nudge.mail.transport import (
+    RateLimiter,
+    SenderFault,
+    StatusReport,
+    sender_fault,
+    tls_context,
+)
 from nudge.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -266,6 +272,10 @@ class Submission:
     ca_file: Path | None = None
 
 
+# Nothing told `on_status` yet: the first connection tells it, fault or not.
+_UNREPORTED = "\0unreported"
+
+
 class SmtpSender:
     """Sends over a bounded pool of kept-alive SMTP connections (no connect/EHLO/QUIT per email),
     at most `rate` messages a second (0: no limit).
@@ -273,7 +283,8 @@ class SmtpSender:
     Failures surface as aiosmtplib exceptions (or OSError) for the caller to classify, except
     the sender's own (login, TLS, certificate): `SenderFault`. After one, sends fail fast with
     it, and one of them tries to connect again every `fault_backoff` seconds, so a wrong
-    password costs one refused login per interval, not one per message.
+    password costs one refused login per interval, not one per message. `on_status` (the
+    worker's: nudge/mail/health.py) hears of each change of state and each failed retry.
     """
 
     def __init__(
@@ -288,6 +299,7 @@ class SmtpSender:
         rate: float = 0,
         fault_backoff: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        on_status: StatusReport | None = None,
     ) -> None:
         self.host, self.port, self.timeout, self.signer = host, port, timeout, signer
         self.submission = submission or Submission()
@@ -300,12 +312,15 @@ class SmtpSender:
         )
         self.fault: SenderFault | None = None
         self._probe_at = 0.0
+        self.on_status = on_status
+        self._reported: str | None = _UNREPORTED
+        self._reported_at = 0.0
 
     def held_back(self) -> SenderFault | None:
         """The standing sender fault while it holds sends back; None once it is time to try a
         connection again (or there is none)."""
         if self.fault is not None and self.clock() < self._probe_at:
-            return SenderFault(str(self.fault))
+            return SenderFault(str(self.fault), self.fault.summary)
         return None
 
     def _raise_if_faulted(self) -> None:
@@ -409,16 +424,39 @@ class SmtpSender:
             if self.fault is None or str(self.fault) != str(fault):
                 log.error("SMTP sender fault, sends held back (none marked failed): %s", fault)
             self.fault, self._probe_at = fault, self.clock() + self.fault_backoff
+            # A new fault, or a retry that found it again (not each of a burst of connections).
+            if (
+                self._reported != str(fault)
+                or self.clock() >= self._reported_at + self.fault_backoff / 2
+            ):
+                await self._report(fault)
             raise fault from err
         if self.fault is not None:
             log.info("SMTP sender fault cleared: %s logs in again", where)
             self.fault = None
+        if self._reported is not None:
+            await self._report(None)
         return client
 
+    async def _report(self, fault: SenderFault | None) -> None:
+        """Tell `on_status`: once for a login that works (the first one, and the one that
+        clears a fault), once per retry for a fault. Its failure (the database down) is
+        logged, and told again at the next connection; it never fails the send."""
+        self._reported = str(fault) if fault is not None else None
+        self._reported_at = self.clock()
+        if self.on_status is None:
+            return
+        try:
+            await self.on_status(fault)
+        except Exception as err:
+            self._reported = _UNREPORTED
+            log.warning("could not record the SMTP sender's state: %s", err)
 
-def sender_from_settings(settings: Settings) -> SmtpSender:
+
+def sender_from_settings(settings: Settings, on_status: StatusReport | None = None) -> SmtpSender:
     """The sender of every email Nudge sends (journeys, the confirmation): `NUDGE_SMTP_*`, and
-    DKIM signing when both `NUDGE_DKIM_SELECTOR` and `NUDGE_DKIM_PRIVATE_KEY_FILE` are set."""
+    DKIM signing when both `NUDGE_DKIM_SELECTOR` and `NUDGE_DKIM_PRIVATE_KEY_FILE` are set.
+    The worker's tells `on_status` its state (nudge/mail/health.py)."""
     signer = None
     if settings.dkim_selector and settings.dkim_private_key_file:
         signer = DkimSigner(
@@ -441,6 +479,7 @@ def sender_from_settings(settings: Settings) -> SmtpSender:
         signer=signer,
         submission=submission,
         rate=settings.smtp_rate,
+        on_status=on_status,
     )
 
 

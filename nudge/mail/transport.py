@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiosmtplib
@@ -23,7 +24,20 @@ SENDER_CODES = frozenset({530, 534, 535, 538})
 
 class SenderFault(Exception):
     """The SMTP server refuses the sender (login, TLS, certificate): every message would fail
-    the same way until the configuration is fixed, so none is blamed for it."""
+    the same way until the configuration is fixed, so none is blamed for it.
+
+    Its text (for the worker log) names the server, the username and the server's reply;
+    `summary` only what went wrong and the settings to check, short enough for `/healthz`,
+    which anyone may read: no host, no username, nothing the server said but its code."""
+
+    def __init__(self, message: str, summary: str | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary or message
+
+
+#: Told the sender's state when it changes (a fault appears, changes, clears; at the first
+#: connection, whichever it is) and when a retry finds the fault again: None is "logs in".
+StatusReport = Callable[[SenderFault | None], Awaitable[None]]
 
 
 def tls_context(ca_file: Path | None = None) -> ssl.SSLContext:
@@ -49,25 +63,33 @@ def sender_fault(err: BaseException, where: str, username: str | None) -> Sender
         if isinstance(cause, ssl.SSLCertVerificationError):
             return SenderFault(
                 f"TLS certificate of {where} refused: {cause.verify_message}; check "
-                "NUDGE_SMTP_HOST (it must be the name on the certificate) and NUDGE_SMTP_CA_FILE"
+                "NUDGE_SMTP_HOST (it must be the name on the certificate) and NUDGE_SMTP_CA_FILE",
+                "TLS certificate of the SMTP server refused: check NUDGE_SMTP_HOST and "
+                "NUDGE_SMTP_CA_FILE",
             )
         if isinstance(cause, ssl.SSLError):
             return SenderFault(
                 f"TLS handshake with {where} failed ({cause.reason or cause}); check "
-                "NUDGE_SMTP_SECURITY: starttls for port 587, tls for port 465"
+                "NUDGE_SMTP_SECURITY: starttls for port 587, tls for port 465",
+                "TLS handshake with the SMTP server failed: check NUDGE_SMTP_SECURITY",
             )
     if isinstance(err, aiosmtplib.SMTPResponseException) and err.code in SENDER_CODES:
         return SenderFault(
             f"{where} refused the login of {username or '(no username)'}: "
-            f"{err.code} {err.message}; check NUDGE_SMTP_USERNAME and NUDGE_SMTP_PASSWORD"
+            f"{err.code} {err.message}; check NUDGE_SMTP_USERNAME and NUDGE_SMTP_PASSWORD",
+            f"{err.code} authentication failed: check NUDGE_SMTP_USERNAME / NUDGE_SMTP_PASSWORD",
         )
     text = str(err).lower()
     if isinstance(err, aiosmtplib.SMTPException) and "starttls" in text:
-        return SenderFault(f"{where} does not offer STARTTLS: {err}; check NUDGE_SMTP_SECURITY")
+        return SenderFault(
+            f"{where} does not offer STARTTLS: {err}; check NUDGE_SMTP_SECURITY",
+            "the SMTP server does not offer STARTTLS: check NUDGE_SMTP_SECURITY",
+        )
     if isinstance(err, aiosmtplib.SMTPException) and "auth" in text:
         return SenderFault(
             f"{where} offers no way to log in ({err}); providers offer AUTH only over TLS: "
-            "check NUDGE_SMTP_SECURITY"
+            "check NUDGE_SMTP_SECURITY",
+            "the SMTP server offers no way to log in: check NUDGE_SMTP_SECURITY",
         )
     return None
 

@@ -513,3 +513,20 @@ class Installation(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     installation_id: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SenderStatus(Base):
+    """A sender fault a worker of `task_queue` found (nudge/storage/sender_status.py), for
+    `/healthz`: the SMTP server refuses its login or its TLS. Written when the fault appears or
+    changes and when a worker's retry finds it again; deleted when a worker logs in again. Holds
+    no password and no recipient: `summary` is what `/healthz` shows, `detail` what the worker
+    logged (server, username, the server's reply)."""
+
+    __tablename__ = "sender_status"
+
+    task_queue: Mapped[str] = mapped_column(String(200), primary_key=True)
+    summary: Mapped[str] = mapped_column(String(500))
+    detail: Mapped[str] = mapped_column(Text)
+    worker: Mapped[str] = mapped_column(String(200))
+    since: Mapped[datetime] = mapped_column(default=utcnow)
+    checked_at: Mapped[datetime] = mapped_column(default=utcnow)

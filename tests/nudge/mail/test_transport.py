@@ -182,3 +182,70 @@ async def test_the_send_rate_is_bounded(server: ProviderServer, certs: Certifica
     # Sends at 20/s are 50 ms apart: the six after the first take at least 300 ms, less the
     # time the first one's reply took to arrive.
     assert elapsed >= 0.25
+
+
+class Recorder:
+    """An `on_status` that keeps what it was told (the worker's writes it to the database)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.told: list[str | None] = []
+        self.fail = fail
+
+    async def __call__(self, fault: SenderFault | None) -> None:
+        self.told.append(fault.summary if fault is not None else None)
+        if self.fail:
+            raise OSError("the database is down")
+
+
+LOGIN_FAULT = "535 authentication failed: check NUDGE_SMTP_USERNAME / NUDGE_SMTP_PASSWORD"
+
+
+async def test_the_sender_tells_its_state_on_a_change_and_a_retry_never_per_message(
+    server: ProviderServer, certs: Certificates
+) -> None:
+    clock, status = Clock(), Recorder()
+    smtp = sender(
+        server, certs.ca_file, "wrong-password", fault_backoff=30, clock=clock, on_status=status
+    )
+    with pytest.raises(SenderFault) as raised:
+        await smtp.send(message())
+    # What /healthz may show: no host, no username, nothing the server said but its code.
+    summary = raised.value.summary
+    assert summary == LOGIN_FAULT
+    assert USERNAME not in summary and "127.0.0.1" not in summary and "wrong" not in summary
+    for _ in range(3):  # held back: nothing new to tell
+        with pytest.raises(SenderFault):
+            await smtp.send(message())
+    assert status.told == [LOGIN_FAULT]
+    clock.now += 31  # the retry finds it again
+    with pytest.raises(SenderFault):
+        await smtp.send(message())
+    assert status.told == [LOGIN_FAULT, LOGIN_FAULT]
+
+    server.password = "wrong-password"
+    clock.now += 31
+    for _ in range(3):
+        await smtp.send(message())
+    await smtp.close()
+    assert status.told == [LOGIN_FAULT, LOGIN_FAULT, None]
+
+
+async def test_a_sender_that_logs_in_tells_so_once_and_survives_a_failing_report(
+    server: ProviderServer, certs: Certificates
+) -> None:
+    status = Recorder()
+    smtp = sender(server, certs.ca_file, pool_size=2, on_status=status)
+    # A burst of first connections (a worker's start clears a fault left by its last run).
+    await asyncio.gather(*(smtp.send(message()) for _ in range(4)))
+    await smtp.close()
+    assert status.told == [None] and server.connections == 2
+
+    failing = Recorder(fail=True)
+    smtp = sender(server, certs.ca_file, on_status=failing)
+    await smtp.send(message())  # the database is down: the send is not
+    failing.fail = False
+    await smtp.close()
+    await smtp.send(message())  # a new connection tells it again, since it could not
+    await smtp.send(message())
+    await smtp.close()
+    assert failing.told == [None, None] and len(server.received) == 7
