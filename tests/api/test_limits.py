@@ -13,7 +13,7 @@ import pytest
 from nudge.mail import feedback
 from nudge.settings import Settings
 from nudge.storage.models import Product
-from support import Stack
+from support import Stack, new_id
 from webhook_support import TOPIC, ses_bounce, sns_server
 
 API = {"Authorization": "Bearer test-key"}
@@ -82,7 +82,8 @@ async def test_deep_nesting_is_a_422_not_a_500(stack: Stack) -> None:
 
 async def test_the_nul_character_is_a_422_naming_the_field_never_a_500(stack: Stack) -> None:
     """PostgreSQL cannot store NUL in text: found by the fuzzer as a 500 on `/v1/products`."""
-    products = {"products": [{"id": "p1", "title": "Linen\x00shirt"}]}
+    product_id = new_id("p")
+    products = {"products": [{"id": product_id, "title": "Linen\x00shirt"}]}
     response = await stack.http.post("/v1/products", json=products, headers=API)
     assert response.status_code == 422, response.text
     assert response.json()["error"]["fields"] == [
@@ -97,7 +98,7 @@ async def test_the_nul_character_is_a_422_naming_the_field_never_a_500(stack: St
         response = await stack.http.get(path, headers=API)
         assert response.status_code == 422, (path, response.text)
     async with stack.sessions() as session:  # nothing was stored
-        assert await session.get(Product, "p1") is None
+        assert await session.get(Product, product_id) is None
 
 
 async def test_forged_sns_messages_cannot_make_nudge_fetch_without_bound(
