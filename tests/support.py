@@ -25,10 +25,13 @@ from temporalio.worker import Replayer
 from activities.segments import SegmentActivities
 from nudge.contacts import directory
 from nudge.dev.mailcatcher import CaughtMessage, MailCatcher
+from nudge.events import schemas as ev
+from nudge.intake import projection
 from nudge.journeys.contracts import (
     JourneyState,
     SegmentRefreshInput,
     SegmentRefreshResult,
+    SendEmailInput,
     workflow_id,
 )
 from nudge.journeys.routing import EventRouter
@@ -238,6 +241,28 @@ class Stack:
 
     def mail_to(self, email: str) -> list[CaughtMessage]:
         return [m for m in self.mail.messages if email in m.rcpt_tos]
+
+
+async def cart_1_job(sessions: async_sessionmaker[AsyncSession]) -> SendEmailInput:
+    """A new contact with an open cart, and the send activity's input for its `cart_1`: for
+    tests that call the activity without a journey."""
+    email, token = new_email(), new_id("cart")
+    event = ev.event_adapter.validate_python(cart_event(email, token))
+    async with sessions.begin() as session:
+        contact_id = await directory.upsert_contact(session, event.contact)
+        await projection.apply_event(session, event, contact_id)
+    return SendEmailInput.model_validate(
+        {
+            "workflow_id": f"cart_abandonment-{contact_id}-{token}",
+            "trigger_event_id": "evt_start",
+            "flow": "cart_abandonment",
+            "step": "cart_1",
+            "template": "cart_1",
+            "contact_id": contact_id,
+            "key": token,
+            "journey_started_at": datetime(2026, 11, 23, 10, tzinfo=UTC),
+        }
+    )
 
 
 # ---- segments and journeys of the lifecycle flows (win-back, VIP, sunset) ----------------------

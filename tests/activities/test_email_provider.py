@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
 from email.message import EmailMessage
 
 import pytest
@@ -17,9 +16,6 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.email import EmailActivities
-from nudge.contacts import directory
-from nudge.events import schemas as ev
-from nudge.intake import projection
 from nudge.journeys.contracts import SendEmailInput
 from nudge.mail.smtp import (
     Commit,
@@ -32,7 +28,7 @@ from nudge.mail.smtp import (
 from nudge.settings import Settings
 from nudge.storage.db import create_engine, session_maker
 from nudge.storage.models import Message
-from support import cart_event, new_email, new_id
+from support import cart_1_job
 from tls_support import (
     PASSWORD,
     USERNAME,
@@ -90,26 +86,6 @@ def provider(settings: Settings, password: str = PASSWORD, **kw: object) -> Smtp
     return SmtpSender(settings.smtp_host, settings.smtp_port, 5.0, submission=how, **kw)  # type: ignore[arg-type]
 
 
-async def seed(sessions: Sessions) -> SendEmailInput:
-    email, token = new_email(), new_id("cart")
-    event = ev.event_adapter.validate_python(cart_event(email, token))
-    async with sessions.begin() as session:
-        contact_id = await directory.upsert_contact(session, event.contact)
-        await projection.apply_event(session, event, contact_id)
-    return SendEmailInput.model_validate(
-        {
-            "workflow_id": f"cart_abandonment-{contact_id}-{token}",
-            "trigger_event_id": "evt_start",
-            "flow": "cart_abandonment",
-            "step": "cart_1",
-            "template": "cart_1",
-            "contact_id": contact_id,
-            "key": token,
-            "journey_started_at": datetime(2026, 11, 23, 10, tzinfo=UTC),
-        }
-    )
-
-
 async def row(sessions: Sessions, job: SendEmailInput) -> Message:
     async with sessions() as session:
         found = await session.scalar(select(Message).where(Message.workflow_id == job.workflow_id))
@@ -123,7 +99,7 @@ async def test_a_wrong_password_retries_and_marks_nothing_failed(
     clock = Clock()
     smtp = provider(settings, "wrong-password", fault_backoff=60, clock=clock)
     activities = EmailActivities(sessions, smtp, settings)
-    job = await seed(sessions)
+    job = await cart_1_job(sessions)
 
     with pytest.raises(ApplicationError) as raised:
         await ActivityEnvironment().run(activities.send_email, job)
@@ -179,7 +155,7 @@ class DropMidData(SmtpSender):
 async def test_a_connection_dropped_mid_data_over_tls_is_resent_exactly_once(
     sessions: Sessions, settings: Settings, server: ProviderServer
 ) -> None:
-    job = await seed(sessions)
+    job = await cart_1_job(sessions)
     dropping = DropMidData(
         settings.smtp_host,
         settings.smtp_port,
@@ -224,7 +200,7 @@ class CrashAtCommit(SmtpSender):
 async def test_a_crash_before_the_final_dot_over_tls_loses_and_duplicates_nothing(
     sessions: Sessions, settings: Settings, server: ProviderServer
 ) -> None:
-    job = await seed(sessions)
+    job = await cart_1_job(sessions)
     how = Submission(server.mode, USERNAME, PASSWORD, settings.smtp_ca_file)
     crashing = CrashAtCommit(settings.smtp_host, settings.smtp_port, 5.0, submission=how)
     with pytest.raises(Crash):
@@ -251,7 +227,7 @@ async def test_a_server_that_wants_a_login_it_did_not_get_fails_nothing(
     """No credentials: the server answers MAIL FROM with 530. The sender's fault again."""
     how = Submission(server.mode, ca_file=settings.smtp_ca_file)
     smtp = SmtpSender(settings.smtp_host, settings.smtp_port, 5.0, submission=how)
-    job = await seed(sessions)
+    job = await cart_1_job(sessions)
     with pytest.raises(ApplicationError) as raised:
         await ActivityEnvironment().run(EmailActivities(sessions, smtp, settings).send_email, job)
     await smtp.close()

@@ -9,7 +9,7 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -22,16 +22,13 @@ from temporalio.testing import ActivityEnvironment
 from activities.email import EmailActivities
 from api.app import create_app
 from conftest import make_settings
-from nudge.contacts import directory
 from nudge.dev.mailcatcher import MailCatcher
-from nudge.events import schemas as ev
-from nudge.intake import projection
 from nudge.journeys.contracts import SendEmailInput
 from nudge.settings import Settings
 from nudge.storage.db import create_engine, session_maker
 from nudge.storage.models import Message, SenderStatus, utcnow
 from nudge.storage.sender_status import record_fault
-from support import cart_event, new_email, new_id
+from support import cart_1_job
 from tls_support import USERNAME, Certificates, certificates, provider_server
 from worker import check_smtp, email_activities
 
@@ -60,26 +57,6 @@ async def api(settings: Settings, temporal: Client) -> AsyncIterator[httpx.Async
     ):
         http.app = app  # type: ignore[attr-defined]
         yield http
-
-
-async def seed(sessions: Sessions) -> SendEmailInput:
-    email, token = new_email(), new_id("cart")
-    event = ev.event_adapter.validate_python(cart_event(email, token))
-    async with sessions.begin() as session:
-        contact_id = await directory.upsert_contact(session, event.contact)
-        await projection.apply_event(session, event, contact_id)
-    return SendEmailInput.model_validate(
-        {
-            "workflow_id": f"cart_abandonment-{contact_id}-{token}",
-            "trigger_event_id": "evt_start",
-            "flow": "cart_abandonment",
-            "step": "cart_1",
-            "template": "cart_1",
-            "contact_id": contact_id,
-            "key": token,
-            "journey_started_at": datetime(2026, 11, 23, 10, tzinfo=UTC),
-        }
-    )
 
 
 async def status_row(sessions: Sessions, task_queue: str) -> SenderStatus | None:
@@ -136,7 +113,7 @@ async def test_a_wrong_password_shows_on_healthz_until_a_send_gets_through(
             since = row.since
 
             # Sends are retried (Temporal retries the activity); none marks the message failed.
-            job = await seed(sessions)
+            job = await cart_1_job(sessions)
             clock.now += 31  # this one tries to log in again
             assert "NUDGE_SMTP_PASSWORD" in str(await send(email, job))
             for _ in range(3):  # held back: fail at once, without a login or a write
