@@ -57,6 +57,9 @@ RoutingDep = Annotated[EventRouter, Depends(_routing)]
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer $NUDGE_API_KEY`")
 
 
+UNAUTHORIZED = "missing or wrong API key: send `Authorization: Bearer <NUDGE_API_KEY>`"
+
+
 def key_ok(settings: Settings, given: str | None) -> bool:
     """Whether `given` is the API key; never when either is empty: a missing header, or an empty
     NUDGE_API_KEY, opens nothing."""
@@ -70,7 +73,7 @@ async def require_api_key(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     if not key_ok(settings, credentials.credentials if credentials else None):
-        raise Unauthorized("missing or wrong API key: send `Authorization: Bearer <NUDGE_API_KEY>`")
+        raise Unauthorized(UNAUTHORIZED)
 
 
 Model = TypeVar("Model", bound=BaseModel)

@@ -21,7 +21,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import NudgeError
+from api.deps import UNAUTHORIZED, key_ok
+from api.errors import NudgeError, Unauthorized
 from nudge.settings import Settings
 
 #: Routes where large bodies are legitimate (batches of events, products, provider reports).
@@ -47,9 +48,13 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        query = scope.get("query_string", b"").lower()
-        if "\x00" in scope["path"] or b"%00" in query or b"\x00" in query:
-            await _refuse(send, "the URL may not contain the NUL character (%00)", status=422)
+        if _nul_in_url(scope):
+            # Authentication still comes first: a /v1 call without the key is a 401 whatever
+            # its URL (the cookie-signed dashboard calls carry no NUL).
+            if scope["path"].startswith("/v1/") and not key_ok(self.settings, _bearer(scope)):
+                await _refuse(send, UNAUTHORIZED, status=Unauthorized.status_code)
+            else:
+                await _refuse(send, "the URL may not contain the NUL character (%00)", status=422)
             return
         limit = limit_for(self.settings, scope["path"])
         message = f"the request body is larger than {limit} bytes"
@@ -75,8 +80,21 @@ class BodyLimit:
         await self.app(scope, bounded, send)
 
 
+def _nul_in_url(scope: Scope) -> bool:
+    query = bytes(scope.get("query_string", b"")).lower()
+    return "\x00" in scope["path"] or b"%00" in query or b"\x00" in query
+
+
+def _bearer(scope: Scope) -> str | None:
+    header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
 async def _refuse(send: Send, message: str, *, status: int = TooLarge.status_code) -> None:
-    code = TooLarge.code if status == TooLarge.status_code else "invalid"
+    code = {TooLarge.status_code: TooLarge.code, Unauthorized.status_code: Unauthorized.code}.get(
+        status, "invalid"
+    )
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     await send(
         {
@@ -86,6 +104,7 @@ async def _refuse(send: Send, message: str, *, status: int = TooLarge.status_cod
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"connection", b"close"),
+                *([(b"www-authenticate", b"Bearer")] if status == Unauthorized.status_code else []),
             ],
         }
     )

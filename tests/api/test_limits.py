@@ -97,6 +97,10 @@ async def test_the_nul_character_is_a_422_naming_the_field_never_a_500(stack: St
     for path in ("/v1/contacts/a%00@b.c/journeys", "/v1/segments?after=%00", "/u/x%00y"):
         response = await stack.http.get(path, headers=API)
         assert response.status_code == 422, (path, response.text)
+    # Authentication still comes first: without the key, a /v1 URL with NUL is a 401.
+    response = await stack.http.get("/v1/reports/flows?segment=%00")
+    assert response.status_code == 401, response.text
+    assert response.headers["www-authenticate"] == "Bearer"
     async with stack.sessions() as session:  # nothing was stored
         assert await session.get(Product, product_id) is None
 
