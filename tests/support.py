@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -37,6 +38,7 @@ from nudge.journeys.contracts import (
 from nudge.journeys.routing import EventRouter
 from nudge.keys import keyring
 from nudge.mail import tracking
+from nudge.mail.smtp import Commit, OutgoingMessage, SmtpSender
 from nudge.segments import membership
 from nudge.settings import Settings
 from nudge.storage.installation import load_installation_id
@@ -263,6 +265,22 @@ async def cart_1_job(sessions: async_sessionmaker[AsyncSession]) -> SendEmailInp
             "journey_started_at": datetime(2026, 11, 23, 10, tzinfo=UTC),
         }
     )
+
+
+class Crash(Exception):
+    """Stands for the worker dying at the commit point (SIGKILL in the chaos run)."""
+
+
+class CrashAtCommit(SmtpSender):
+    """A sender whose worker dies between streaming a message and committing it `sent`."""
+
+    async def send(
+        self, message: OutgoingMessage | EmailMessage, *, commit: Commit | None = None
+    ) -> None:
+        async def crash() -> None:
+            raise Crash()
+
+        await super().send(message, commit=crash)
 
 
 # ---- segments and journeys of the lifecycle flows (win-back, VIP, sunset) ----------------------

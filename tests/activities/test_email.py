@@ -35,7 +35,7 @@ from nudge.segments.catalogue import ensure_builtin_segments
 from nudge.settings import Settings
 from nudge.storage.db import create_engine, session_maker
 from nudge.storage.models import Contact, Coupon, Message, Segment, SegmentMember, utcnow
-from support import cart_event, new_email, new_id, untracked
+from support import Crash, CrashAtCommit, cart_event, new_email, new_id, untracked
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -104,20 +104,6 @@ async def test_a_step_is_sent_once_however_often_it_runs(
     assert caught.message_id == first.message_id
     [row] = await rows(sessions, job(contact_id, token).workflow_id)
     assert (row.status, row.attempts, row.to_email) == ("sent", 1, email)
-
-
-class Crash(Exception):
-    """Stands for the worker dying at the commit point (SIGKILL in the chaos test)."""
-
-
-class CrashAtCommit(SmtpSender):
-    async def send(
-        self, message: OutgoingMessage | EmailMessage, *, commit: Commit | None = None
-    ) -> None:
-        async def crash() -> None:
-            raise Crash()
-
-        await super().send(message, commit=crash)
 
 
 async def test_a_crash_before_the_final_dot_loses_nothing_and_duplicates_nothing(

@@ -28,7 +28,7 @@ from nudge.mail.smtp import (
 from nudge.settings import Settings
 from nudge.storage.db import create_engine, session_maker
 from nudge.storage.models import Message
-from support import cart_1_job
+from support import Crash, CrashAtCommit, cart_1_job
 from tls_support import (
     PASSWORD,
     USERNAME,
@@ -181,20 +181,6 @@ async def test_a_connection_dropped_mid_data_over_tls_is_resent_exactly_once(
     sent = await row(sessions, job)
     assert (result.status, sent.status, sent.attempts) == ("sent", "sent", 2)
     assert server.ids() == [sent.message_id]
-
-
-class Crash(Exception):
-    """The worker dying at the commit point (SIGKILL in the chaos run)."""
-
-
-class CrashAtCommit(SmtpSender):
-    async def send(
-        self, message: OutgoingMessage | EmailMessage, *, commit: Commit | None = None
-    ) -> None:
-        async def crash() -> None:
-            raise Crash()
-
-        await super().send(message, commit=crash)
 
 
 async def test_a_crash_before_the_final_dot_over_tls_loses_and_duplicates_nothing(
